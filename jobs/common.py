@@ -1,0 +1,50 @@
+"""Shared plumbing for the entry points: logging, Ray start-up, clean exits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one.
+
+    A bare ``ray.init()`` can join a stale cluster left by an earlier ``ray start``; the explicit
+    ``address="local"`` avoids that when no cluster was asked for.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
+    """Run an entry point: user errors (ValueError, FileNotFoundError) print one clear line and
+    exit 2; anything else keeps its traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = main(argv)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+def parse_key_values(pairs: Sequence[str], *, flag: str) -> dict[str, str]:
+    """Parse repeated ``key=value`` options into a dict, naming a malformed one."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

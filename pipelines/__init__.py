@@ -1,0 +1,1 @@
+"""Ray Data pipelines: sources → tiled high-res + proxy → versioned Parquet datasets."""

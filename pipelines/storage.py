@@ -1,0 +1,253 @@
+"""Dataset versions on any fsspec URL: layout, manifest, atomic publication, reading back.
+
+Layout of a dataset root (a local path or ``s3://bucket/prefix``)::
+
+    <root>/<version>/manifest.json          written last: a version without it does not exist
+    <root>/<version>/split=<split>/part-*.parquet
+    <root>/<version>/rejects/part-*.parquet
+    <root>/_staging/<version>-<token>/       where a build writes before it is published
+
+S3 endpoint, credentials and region come from the standard AWS environment/config (for a local
+S3-compatible server: ``AWS_ENDPOINT_URL``); they are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from pipelines.schema import (
+    IMAGE_SCHEMA,
+    REJECT_SCHEMA,
+    SCHEMA_VERSION,
+    SPLITS,
+    SchemaError,
+    validate_schema,
+)
+
+MANIFEST = "manifest.json"
+STAGING = "_staging"
+REJECTS_DIR = "rejects"
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StorageError(ValueError):
+    """A dataset location cannot be used as asked (missing, existing, unwritable, ...)."""
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """Resolve a URL to (filesystem, path). Local paths are made absolute."""
+    if "://" not in url:
+        return fsspec.filesystem("file"), os.path.abspath(url)
+    protocol = url.split("://", 1)[0]
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        # A listing cache makes a read right after a write miss new files.
+        options["use_listings_cache"] = False
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def join(*parts: str) -> str:
+    """Join path parts with '/', for local and object-store paths alike."""
+    return posixpath.join(*parts)
+
+
+def check_version_name(version: str) -> None:
+    """Version names become directory names: keep them simple."""
+    if not _VERSION_RE.match(version) or version == STAGING:
+        raise StorageError(
+            f"invalid version name {version!r}: use letters, digits, '.', '_' or '-', "
+            f"not starting with a separator, and not {STAGING!r}"
+        )
+
+
+def list_versions(root_url: str) -> list[str]:
+    """Published versions (those with a manifest) under a dataset root, sorted by name."""
+    fs, root = filesystem(root_url)
+    if not fs.exists(root):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    return sorted(
+        n for n in names if n != STAGING and fs.exists(join(root, n, MANIFEST))
+    )
+
+
+def next_version(root_url: str) -> str:
+    """``v0001``, ``v0002``, ... after the highest numbered published version."""
+    numbers = [int(v[1:]) for v in list_versions(root_url) if re.fullmatch(r"v\d+", v)]
+    return f"v{max(numbers, default=0) + 1:04d}"
+
+
+@dataclass
+class Staging:
+    """A build's private directory; published by moving it to its version name."""
+
+    fs: AbstractFileSystem
+    root: str
+    version: str
+    path: str
+
+    @classmethod
+    def create(cls, root_url: str, version: str) -> Staging:
+        """Check the version can be written and make its staging directory."""
+        check_version_name(version)
+        fs, root = filesystem(root_url)
+        final = join(root, version)
+        if fs.exists(final):
+            state = "published" if fs.exists(join(final, MANIFEST)) else "incomplete (no manifest)"
+            raise StorageError(
+                f"dataset version {root_url.rstrip('/')}/{version} already exists ({state}); "
+                "choose another --version or delete it"
+            )
+        path = join(root, STAGING, f"{version}-{uuid.uuid4().hex[:8]}")
+        try:
+            fs.makedirs(path, exist_ok=True)
+            probe = join(path, ".write-probe")
+            with fs.open(probe, "wb") as f:
+                f.write(b"ok")
+            fs.rm(probe)
+        except (OSError, PermissionError) as exc:
+            raise StorageError(f"cannot write under {root_url}: {exc}") from exc
+        return cls(fs=fs, root=root, version=version, path=path)
+
+    def publish(self, manifest: dict[str, Any]) -> str:
+        """Move the staged files into place, then write the manifest last; returns its path."""
+        final = join(self.root, self.version)
+        if self.fs.exists(final):
+            raise StorageError(f"dataset version {final} appeared while building; not overwritten")
+        if self.fs.protocol == "file" or "file" in self.fs.protocol:
+            os.rename(self.path, final)  # atomic on one filesystem
+        else:
+            self.fs.mv(self.path, final, recursive=True)
+        write_json(self.fs, join(final, MANIFEST), manifest)
+        return final
+
+    def discard(self) -> None:
+        """Remove the staging directory (after a failed build)."""
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+
+def write_json(fs: AbstractFileSystem, path: str, payload: dict[str, Any]) -> None:
+    """Write JSON so readers never see a half-written file (temp name + rename where possible)."""
+    data = json.dumps(payload, indent=2, sort_keys=True).encode()
+    if "file" in fs.protocol:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:  # an object PUT is atomic by itself
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def write_parquet(
+    fs: AbstractFileSystem, path: str, table: pa.Table, *, row_group_rows: int = 16
+) -> int:
+    """Write one Parquet file; returns its size in bytes.
+
+    Encoded tiles do not compress further and must not be dictionary-encoded; everything else
+    gets zstd. Row groups of tens of images keep a reader's memory bounded.
+    """
+    binary = [n for n in ("tiles", "proxy") if n in table.column_names]
+    compression = {n: ("none" if n in binary else "zstd") for n in table.column_names}
+    if "tiles" in binary and _all_raw(table):
+        compression["tiles"] = "zstd"  # raw pixels do compress
+    dictionary = [n for n in table.column_names if n not in binary]
+    with fs.open(path, "wb") as f:
+        pq.write_table(
+            table,
+            f,
+            row_group_size=row_group_rows,
+            compression=compression,
+            use_dictionary=dictionary,
+        )
+    return int(fs.size(path))
+
+
+def _all_raw(table: pa.Table) -> bool:
+    return "tile_format" in table.column_names and set(
+        table.column("tile_format").to_pylist()
+    ) == {"raw"}
+
+
+@dataclass
+class DatasetVersion:
+    """A published dataset version opened for reading."""
+
+    url: str
+    fs: AbstractFileSystem
+    path: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, url: str) -> DatasetVersion:
+        """Open ``<root>/<version>``; only versions with a manifest can be opened."""
+        fs, path = filesystem(url)
+        manifest_path = join(path, MANIFEST)
+        if not fs.exists(manifest_path):
+            raise StorageError(
+                f"no published dataset version at {url} (no {MANIFEST}); "
+                "build one with `python -m jobs.build_dataset`"
+            )
+        with fs.open(manifest_path, "rb") as f:
+            manifest = json.load(f)
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise SchemaError(
+                f"dataset {url} has schema version {manifest.get('schema_version')}; "
+                f"this code reads version {SCHEMA_VERSION}: rebuild it with this code"
+            )
+        return cls(url=url, fs=fs, path=path, manifest=manifest)
+
+    def files(self, split: str) -> list[str]:
+        """Parquet files of one split (sorted, so reads are deterministic)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        directory = join(self.path, f"split={split}")
+        if not self.fs.exists(directory):
+            return []
+        return sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".parquet"))
+
+    def rejects_files(self) -> list[str]:
+        """Parquet files of the rejects table."""
+        directory = join(self.path, REJECTS_DIR)
+        if not self.fs.exists(directory):
+            return []
+        return sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".parquet"))
+
+    def read(self, split: str, columns: list[str] | None = None) -> pa.Table:
+        """Read a whole split into memory, validating each file's schema (small data only)."""
+        tables = []
+        for path in self.files(split):
+            with self.fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                validate_schema(parquet.schema_arrow)
+                tables.append(parquet.read(columns=columns))
+        if not tables:
+            schema = IMAGE_SCHEMA if columns is None else pa.schema(
+                [IMAGE_SCHEMA.field(c) for c in columns], metadata=IMAGE_SCHEMA.metadata
+            )
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def read_rejects(self) -> pa.Table:
+        """The rejects table of this version (may be empty)."""
+        tables = []
+        for path in self.rejects_files():
+            with self.fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()

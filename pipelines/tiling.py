@@ -1,0 +1,115 @@
+"""From an in-memory image to a schema-v1 row: tiles, proxy and ground truth.
+
+Every source (synthetic generators, photo folders, StarCraft II renders) ends in ``image_row``, so
+the contract is produced in exactly one place. Unusable records become ``reject_row``s instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.codec import encode_tiles
+
+Box = tuple[float, float, float, float, int]  # x0, y0, x1, y1 in [0, 1] image coordinates; class
+
+# The staging record a pipeline stage emits: a schema-v1 row, or a reject carrying its reason.
+REJECT_REASON = "reject_reason"
+REJECT_REF = "reject_ref"
+
+
+def make_proxy(image_HWC: np.ndarray, *, max_side: int) -> np.ndarray:
+    """Area-downsample an image so its longer side is ``max_side`` (aspect kept)."""
+    height, width, channels = image_HWC.shape
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    mode = "L" if channels == 1 else "RGB"
+    pil = Image.fromarray(image_HWC[:, :, 0] if channels == 1 else image_HWC, mode)
+    # reduce() by an integer factor first (cheap, exact box filter), then resize the remainder:
+    # the same result as one BOX resize at a fraction of its cost on 12 MP photos.
+    factor = max(1, int(1 / scale) // 2)
+    if factor > 1:
+        pil = pil.reduce(factor)
+    out = np.asarray(pil.resize(size, Image.BOX))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def encode_proxy(proxy_HWC: np.ndarray) -> bytes:
+    """Proxies are stored as PNG: small, lossless, decodable without knowing the format."""
+    channels = proxy_HWC.shape[2]
+    pil = Image.fromarray(proxy_HWC[:, :, 0] if channels == 1 else proxy_HWC)
+    out = io.BytesIO()
+    pil.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def decode_proxy(data: bytes) -> np.ndarray:
+    """Decode a stored proxy to a uint8 (h, w, C) array."""
+    with Image.open(io.BytesIO(data)) as pil:
+        array = np.asarray(pil)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def box_dicts(boxes: Sequence[Box]) -> list[dict[str, float | int]]:
+    """Boxes as the struct dicts of the schema's ``boxes`` column."""
+    return [
+        {"x0": float(x0), "y0": float(y0), "x1": float(x1), "y1": float(y1), "cls": int(c)}
+        for x0, y0, x1, y1, c in boxes
+    ]
+
+
+def image_row(
+    *,
+    image_id: str,
+    split: str,
+    source: str,
+    label: int,
+    label_name: str,
+    image: np.ndarray,
+    proxy: np.ndarray,
+    boxes: Sequence[Box],
+    meta: dict[str, Any],
+    tile_size: int,
+    tile_format: str,
+    jpeg_quality: int = 90,
+) -> dict[str, Any]:
+    """A schema-v1 row for one image (``image`` and ``proxy`` are uint8 (H, W, C))."""
+    height, width, channels = image.shape
+    return {
+        "image_id": image_id,
+        "split": split,
+        "source": source,
+        "label": int(label),
+        "label_name": label_name,
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "tile_size": tile_size,
+        "tile_format": tile_format,
+        "tiles": encode_tiles(
+            image, tile_size=tile_size, tile_format=tile_format, jpeg_quality=jpeg_quality
+        ),
+        "proxy": encode_proxy(proxy),
+        "proxy_height": proxy.shape[0],
+        "proxy_width": proxy.shape[1],
+        "boxes": box_dicts(boxes),
+        "meta": json.dumps(meta, sort_keys=True),
+        REJECT_REASON: None,
+        REJECT_REF: None,
+    }
+
+
+def reject_row(*, image_id: str | None, split: str, source: str, ref: str, reason: str) -> dict:
+    """A staging record for an input that cannot be used, with the reason."""
+    return {
+        "image_id": image_id,
+        "split": split,
+        "source": source,
+        REJECT_REASON: reason,
+        REJECT_REF: ref,
+    }
