@@ -132,7 +132,11 @@ class Staging:
         if self.fs.protocol == "file" or "file" in self.fs.protocol:
             os.rename(self.path, final)  # atomic on one filesystem
         else:
-            self.fs.mv(self.path, final, recursive=True)
+            # Object stores have no rename: copy each object, then drop the staging copies.
+            # Readers ignore the version until the manifest below exists.
+            for src in self.fs.find(self.path):
+                self.fs.copy(src, join(final, posixpath.relpath(src, self.path)))
+            self.fs.rm(self.path, recursive=True)
         write_json(self.fs, join(final, MANIFEST), manifest)
         return final
 

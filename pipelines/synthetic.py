@@ -63,9 +63,11 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-# ---------------------------------------------------------------------------------------------
-# Class names
-# ---------------------------------------------------------------------------------------------
+def _require_min(name: str, value: int, minimum: int) -> None:
+    _require(value >= minimum, f"{name}={value} is below {minimum}; use at least {minimum}")
+
+
+# --- Class names ----------------------------------------------------------------------------------
 
 
 def pair_label(a: int, b: int) -> int:
@@ -90,9 +92,7 @@ def cluttered_class_names(task: str) -> list[str]:
     return [str(d) for d in range(NUM_DIGIT_CLASSES)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared helpers: digits, placement, resizing
-# ---------------------------------------------------------------------------------------------
+# --- Shared helpers: digits, placement, resizing --------------------------------------------------
 
 
 def _digit_image(digits: DigitSet, index: int, size: int) -> np.ndarray:
@@ -148,9 +148,7 @@ def _resize(image: np.ndarray, side: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image, "L").resize((side, side), resample))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cluttered MNIST
-# ---------------------------------------------------------------------------------------------
+# --- Cluttered MNIST ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,18 +173,12 @@ class ClutteredMnistConfig:
         if self.clutter is None:  # frozen: resolve the task's default once, here
             object.__setattr__(self, "clutter", _TASK_DEFAULT_CLUTTER[self.task])
         self._check_sizes()
-        _require(
-            self.clutter >= 0,
-            f"ClutteredMnistConfig.clutter={self.clutter} is negative; use 0 for no clutter",
-        )
-        _require(
-            self.max_place_tries >= 1,
-            f"ClutteredMnistConfig.max_place_tries={self.max_place_tries}; use at least 1",
-        )
+        _require_min("ClutteredMnistConfig.clutter", self.clutter, 0)
+        _require_min("ClutteredMnistConfig.max_place_tries", self.max_place_tries, 1)
 
     def _check_sizes(self) -> None:
         n = _TASK_DIGITS[self.task]
-        _require(self.digit_size >= 1, f"ClutteredMnistConfig.digit_size={self.digit_size} < 1")
+        _require_min("ClutteredMnistConfig.digit_size", self.digit_size, 1)
         _require(
             self.canvas_size >= n * self.digit_size,
             f"ClutteredMnistConfig.canvas_size={self.canvas_size} cannot hold {n} non-overlapping "
@@ -202,9 +194,7 @@ class ClutteredMnistConfig:
             f"ClutteredMnistConfig.downsample_scale={self.downsample_scale} must lie in "
             f"1..canvas_size ({self.canvas_size}); 1 means no blur, 3 is the paper's",
         )
-        _require(
-            self.proxy_size >= 1, f"ClutteredMnistConfig.proxy_size={self.proxy_size}; use >= 1"
-        )
+        _require_min("ClutteredMnistConfig.proxy_size", self.proxy_size, 1)
         _require(
             1 <= self.clutter_size <= self.digit_size,
             f"ClutteredMnistConfig.clutter_size={self.clutter_size} must lie in 1..digit_size "
@@ -308,9 +298,7 @@ def generate_cluttered(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Megapixel MNIST
-# ---------------------------------------------------------------------------------------------
+# --- Megapixel MNIST ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,7 +315,7 @@ class MegapixelMnistConfig:
 
     def __post_init__(self) -> None:
         name = "MegapixelMnistConfig"
-        _require(self.digit_size >= 1, f"{name}.digit_size={self.digit_size} < 1")
+        _require_min(f"{name}.digit_size", self.digit_size, 1)
         _require(
             1 <= self.target_count <= self.digits_per_image,
             f"{name}.target_count={self.target_count} must lie in 1..digits_per_image "
@@ -346,16 +334,13 @@ class MegapixelMnistConfig:
             f"{name}.canvas_size={self.canvas_size} cannot hold {self.digits_per_image} "
             f"non-overlapping {self.digit_size} px digits; use canvas_size >= {min_canvas}",
         )
-        _require(self.noise_patches >= 0, f"{name}.noise_patches={self.noise_patches} < 0; use 0")
+        _require_min(f"{name}.noise_patches", self.noise_patches, 0)
         _require(
             0.0 < self.proxy_scale <= 1.0 and round(self.canvas_size * self.proxy_scale) >= 1,
             f"{name}.proxy_scale={self.proxy_scale} must lie in (0, 1] and give a proxy of at "
             f"least 1 px (canvas_size={self.canvas_size}); 0.12 is attention sampling's",
         )
-        _require(
-            self.max_place_tries >= 1,
-            f"{name}.max_place_tries={self.max_place_tries}; use at least 1",
-        )
+        _require_min(f"{name}.max_place_tries", self.max_place_tries, 1)
 
     @property
     def proxy_size(self) -> int:
