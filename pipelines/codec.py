@@ -58,7 +58,9 @@ def encode_array(array_HWC: np.ndarray, tile_format: str, *, jpeg_quality: int =
     """Encode one uint8 (H, W, C) array in ``tile_format``."""
     check_format(tile_format)
     if array_HWC.dtype != np.uint8 or array_HWC.ndim != 3:
-        raise CodecError(f"expected a uint8 (H, W, C) array, got {array_HWC.dtype} {array_HWC.shape}")
+        raise CodecError(
+            f"expected a uint8 (H, W, C) array, got {array_HWC.dtype} {array_HWC.shape}"
+        )
     if tile_format == "raw":
         return np.ascontiguousarray(array_HWC).tobytes()
     channels = array_HWC.shape[2]

@@ -65,7 +65,7 @@ class TiledImage:
         )
 
     def tiles_for_box(self, y0: int, x0: int, y1: int, x1: int) -> list[int]:
-        """Row-major indices of the tiles that intersect the half-open box (clipped to the image)."""
+        """Row-major indices of the tiles intersecting the half-open box (clipped to the image)."""
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y1, self.height), min(x1, self.width)
         if ys >= ye or xs >= xe:

@@ -31,9 +31,11 @@ from pipelines.synthetic import (
 from pipelines.tiling import REJECT_REASON, REJECT_REF, image_row, reject_row
 
 # IMAGE_SCHEMA plus what the writer needs: the global index (file names) and reject fields.
-STAGING_SCHEMA = IMAGE_SCHEMA.append(pa.field("_index", pa.int64())).append(
-    pa.field(REJECT_REASON, pa.string())
-).append(pa.field(REJECT_REF, pa.string()))
+STAGING_SCHEMA = (
+    IMAGE_SCHEMA.append(pa.field("_index", pa.int64()))
+    .append(pa.field(REJECT_REASON, pa.string()))
+    .append(pa.field(REJECT_REF, pa.string()))
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,7 @@ def make_config(source: SyntheticSource, params: Mapping[str, Any]) -> Any:
     unknown = sorted(set(params) - set(fields))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {unknown} for source {source.name!r}; "
-            f"known: {sorted(fields)}"
+            f"unknown parameter(s) {unknown} for source {source.name!r}; known: {sorted(fields)}"
         )
     typed = {k: _coerce(v, fields[k].type, k) for k, v in params.items()}
     return source.config_cls(**typed)
@@ -104,6 +105,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if not isinstance(value, str):
         return value
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "str")
+    # Optional fields (``int | None``): "none" selects the default behaviour the None stands for.
+    base, optional = name.removesuffix(" | None"), name.endswith(" | None")
+    if optional and value.lower() in ("none", ""):
+        return None
+    name = base
     parser = _PARSERS.get(name, str)
     try:
         return parser(value)
@@ -142,15 +148,23 @@ def generate_rows(
         try:
             sample = spec.generate(config, pools[split], sample_rng(seed, split, local))
             row = image_row(
-                image_id=image_id, split=split, source=source, label=sample.label,
-                label_name=names[sample.label], image=sample.image, proxy=sample.proxy,
-                boxes=sample.boxes, meta={**sample.meta, "seed": seed, "index": local},
-                tile_size=tile_size, tile_format=tile_format,
+                image_id=image_id,
+                split=split,
+                source=source,
+                label=sample.label,
+                label_name=names[sample.label],
+                image=sample.image,
+                proxy=sample.proxy,
+                boxes=sample.boxes,
+                meta={**sample.meta, "seed": seed, "index": local},
+                tile_size=tile_size,
+                tile_format=tile_format,
             )
         except GenerationError as exc:
             ref = json.dumps({"seed": seed, "split": split, "index": local})
-            row = reject_row(image_id=image_id, split=split, source=source, ref=ref,
-                             reason=str(exc))
+            row = reject_row(
+                image_id=image_id, split=split, source=source, ref=ref, reason=str(exc)
+            )
         rows.append({**row, "_index": int(index)})
     columns = {f.name: [r.get(f.name) for r in rows] for f in STAGING_SCHEMA}
     return pa.Table.from_pydict(columns, schema=STAGING_SCHEMA)

@@ -81,9 +81,7 @@ def list_versions(root_url: str) -> list[str]:
     if not fs.exists(root):
         return []
     names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
-    return sorted(
-        n for n in names if n != STAGING and fs.exists(join(root, n, MANIFEST))
-    )
+    return sorted(n for n in names if n != STAGING and fs.exists(join(root, n, MANIFEST)))
 
 
 def next_version(root_url: str) -> str:
@@ -184,9 +182,9 @@ def write_parquet(
 
 
 def _all_raw(table: pa.Table) -> bool:
-    return "tile_format" in table.column_names and set(
-        table.column("tile_format").to_pylist()
-    ) == {"raw"}
+    return "tile_format" in table.column_names and set(table.column("tile_format").to_pylist()) == {
+        "raw"
+    }
 
 
 @dataclass
@@ -242,8 +240,12 @@ class DatasetVersion:
                 validate_schema(parquet.schema_arrow)
                 tables.append(parquet.read(columns=columns))
         if not tables:
-            schema = IMAGE_SCHEMA if columns is None else pa.schema(
-                [IMAGE_SCHEMA.field(c) for c in columns], metadata=IMAGE_SCHEMA.metadata
+            schema = (
+                IMAGE_SCHEMA
+                if columns is None
+                else pa.schema(
+                    [IMAGE_SCHEMA.field(c) for c in columns], metadata=IMAGE_SCHEMA.metadata
+                )
             )
             return schema.empty_table()
         return pa.concat_tables(tables)

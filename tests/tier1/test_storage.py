@@ -1,0 +1,110 @@
+"""Tier 1: versions are published atomically, read back validated, and bad outputs are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.build import write_shard
+from pipelines.digits import load_digits, split_digits
+from pipelines.schema import SchemaError
+from pipelines.sources import generate_rows
+from pipelines.storage import (
+    DatasetVersion,
+    Staging,
+    StorageError,
+    list_versions,
+    next_version,
+)
+
+
+def _stage_rows(staging: Staging, n: int, **params) -> None:
+    pools = split_digits(load_digits(), seed=0)
+    table = generate_rows(
+        {"id": np.arange(n)},
+        source="cluttered_mnist",
+        params={"original_size": 128, **params},
+        pools=pools,
+        seed=0,
+        counts={"train": n - 1, "test": 1},
+        tile_size=64,
+        tile_format="png",
+    )
+    write_shard(table, staging_url=staging.path)
+
+
+def test_unpublished_version_is_invisible_until_the_manifest(tmp_path: Path) -> None:
+    staging = Staging.create(str(tmp_path), "v0001")
+    _stage_rows(staging, 3)
+    assert list_versions(str(tmp_path)) == []
+    with pytest.raises(StorageError, match="no published dataset version"):
+        DatasetVersion.open(str(tmp_path / "v0001"))
+    staging.publish({"schema_version": 1, "version": "v0001"})
+    assert list_versions(str(tmp_path)) == ["v0001"]
+    assert next_version(str(tmp_path)) == "v0002"
+    version = DatasetVersion.open(str(tmp_path / "v0001"))
+    assert version.read("train").num_rows == 2
+    assert version.read("test", columns=["label"]).num_rows == 1
+    assert version.read("val").num_rows == 0
+    assert version.read_rejects().num_rows == 0
+    assert not any((tmp_path / "_staging").iterdir())
+
+
+def test_rejects_are_written_beside_the_rows(tmp_path: Path) -> None:
+    staging = Staging.create(str(tmp_path), "v0001")
+    _stage_rows(staging, 3, canvas_size=56, original_size=56, max_place_tries=1, clutter=0)
+    staging.publish({"schema_version": 1})
+    version = DatasetVersion.open(str(tmp_path / "v0001"))
+    rejects = version.read_rejects()
+    assert rejects.num_rows + version.read("train").num_rows + version.read("test").num_rows == 3
+    assert rejects.num_rows > 0
+    assert "no room for digit" in rejects.column("reason")[0].as_py()
+    assert json.loads(rejects.column("ref")[0].as_py())["seed"] == 0
+
+
+def test_existing_version_is_refused(tmp_path: Path) -> None:
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1})
+    with pytest.raises(StorageError, match=r"v0001 already exists \(published\)"):
+        Staging.create(str(tmp_path), "v0001")
+
+
+def test_incomplete_version_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "v0003").mkdir()
+    with pytest.raises(StorageError, match=r"incomplete \(no manifest\)"):
+        Staging.create(str(tmp_path), "v0003")
+
+
+def test_unwritable_root_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot write under"):
+        Staging.create(str(blocker / "datasets"), "v0001")
+
+
+@pytest.mark.parametrize("name", ["", "../up", "_staging", "a/b", "-x"])
+def test_bad_version_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(StorageError, match="invalid version name"):
+        Staging.create(str(tmp_path), name)
+
+
+def test_discard_removes_the_staging_copy(tmp_path: Path) -> None:
+    staging = Staging.create(str(tmp_path), "v0001")
+    _stage_rows(staging, 2)
+    staging.discard()
+    assert not Path(staging.path).exists()
+    assert list_versions(str(tmp_path)) == []
+
+
+def test_manifest_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 99})
+    with pytest.raises(SchemaError, match="schema version 99"):
+        DatasetVersion.open(str(tmp_path / "v0001"))
+
+
+def test_unknown_split_is_named(tmp_path: Path) -> None:
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1})
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        DatasetVersion.open(str(tmp_path / "v0001")).files("training")
