@@ -95,7 +95,7 @@ class TileRegionReader:
     tile shared by two glimpses of the same image is decoded once.
     """
 
-    def __init__(self, images: Sequence[TiledImage], *, threads: int = 4) -> None:
+    def __init__(self, images: Sequence[TiledImage], *, threads: int = 1) -> None:
         self.images = list(images)
         self.threads = threads
         self.tiles_decoded = 0

@@ -250,6 +250,22 @@ class DatasetVersion:
             return schema.empty_table()
         return pa.concat_tables(tables)
 
+    def read_head(self, split: str, n: int, columns: list[str] | None = None) -> pa.Table:
+        """The first ``n`` rows of a split (in file order), reading no more than needed."""
+        tables, have = [], 0
+        for path in self.files(split):
+            with self.fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                validate_schema(parquet.schema_arrow)
+                for batch in parquet.iter_batches(batch_size=max(n, 1), columns=columns):
+                    tables.append(pa.Table.from_batches([batch]).slice(0, n - have))
+                    have += tables[-1].num_rows
+                    if have >= n:
+                        return pa.concat_tables(tables)
+        if tables:
+            return pa.concat_tables(tables)
+        return self.read(split, columns).slice(0, 0)
+
     def read_rejects(self) -> pa.Table:
         """The rejects table of this version (may be empty)."""
         tables = []

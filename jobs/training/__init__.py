@@ -1,0 +1,1 @@
+"""Training glue between the dataset contract, the pure-PyTorch model, Ray Train and MLflow."""

@@ -1,0 +1,87 @@
+"""Evaluate a model over batches: accuracy (overall and per class), the confusion matrix, the
+glimpse localisation score beside a centred box of the same size, latency and peak memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.interface import Batch, BatchClassifier
+from model.step import eval_step
+
+
+@dataclass
+class EvalResult:
+    """Sums over the evaluated images; the properties turn them into rates."""
+
+    num_classes: int
+    images: int = 0
+    correct: int = 0
+    ce_sum: float = 0.0
+    glimpses: int = 0  # glimpses on images that have ground-truth boxes
+    hits: float = 0.0  # of those, glimpses whose box contains an object's centre
+    centred_hits: float = 0.0  # the same for a centred box of the same size
+    seconds: float = 0.0  # wall time inside the model (decoding the glimpses' tiles included)
+    confusion: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def add(self, batch: Batch, out: dict, seconds: float) -> None:
+        n = int(batch.labels_B.shape[0])
+        predicted = out["prediction"].labels_B.cpu().numpy()
+        truth = batch.labels_B.cpu().numpy()
+        np.add.at(self.confusion, (truth, predicted), 1)
+        self.images += n
+        self.correct += int((predicted == truth).sum())
+        self.ce_sum += out["ce"] * n
+        self.seconds += seconds
+        if "hit_rate" in out:
+            boxes = out["prediction"].boxes_BT4
+            g = int(boxes.shape[0] * boxes.shape[1])
+            self.glimpses += g
+            self.hits += out["hit_rate"] * g
+            self.centred_hits += out["centred_hit_rate"] * g
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.images, 1)
+
+    def per_class_accuracy(self) -> dict[int, float]:
+        totals = self.confusion.sum(axis=1)
+        return {
+            k: float(self.confusion[k, k] / totals[k]) for k in range(self.num_classes) if totals[k]
+        }
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        out = {
+            f"{prefix}/accuracy": self.accuracy,
+            f"{prefix}/ce": self.ce_sum / max(self.images, 1),
+            f"{prefix}/latency_ms": 1000 * self.seconds / max(self.images, 1),
+        }
+        if self.glimpses:
+            out[f"{prefix}/hit_rate"] = self.hits / self.glimpses
+            out[f"{prefix}/centred_hit_rate"] = self.centred_hits / self.glimpses
+        return out
+
+
+def evaluate(model: BatchClassifier, batches: Iterable[Batch], num_classes: int) -> EvalResult:
+    """Run `eval_step` over `batches` (eval mode, deterministic) and sum the results."""
+    result = EvalResult(num_classes=num_classes)
+    for batch in batches:
+        start = time.perf_counter()
+        out = eval_step(model, batch)
+        result.add(batch, out, time.perf_counter() - start)
+    return result
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory of this process: GPU allocations on a GPU, else the resident set (Linux KB)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

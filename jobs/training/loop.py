@@ -1,0 +1,196 @@
+"""The Ray Train worker loop: the one place where Ray Train is called (shards, DDP, report).
+
+Per epoch: train on this worker's shard, validate on rank 0, log to MLflow from rank 0, and
+report a checkpoint (model, optimiser, scheduler, epoch) so a failed worker or an interrupted run
+resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.training.data import table_to_batch
+from jobs.training.evaluation import EvalResult, evaluate, peak_memory_mb
+from jobs.training.pictures import confusion_picture, glimpse_picture
+from jobs.training.recipes import TrainConfig
+from jobs.training.tracking import Tracker
+from model.interface import BatchClassifier
+from model.loss import ObjectiveConfig
+from model.registry import create_model
+from model.step import LossModule, train_step
+
+STATE_FILE = "state.pt"
+
+
+def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
+    """The configured model for this dataset's classes and channels."""
+    model_cfg = {
+        "num_classes": data["num_classes"],
+        "in_channels": data["channels"],
+        **cfg.model_cfg,
+    }
+    return create_model(cfg.model, **model_cfg)
+
+
+def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
+    return ObjectiveConfig(
+        kind=cfg.objective,
+        kl_weight=cfg.kl_weight,
+        recon_weight=cfg.recon_weight,
+        aux_weight=cfg.aux_weight,
+    )
+
+
+def _restore(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
+    """Load the latest reported checkpoint, if any; returns the last finished epoch (0: none)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        state = torch.load(
+            os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def _train_epoch(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> dict[str, float]:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    sums: dict[str, float] = {}
+    steps, samples, start = 0, 0, time.perf_counter()
+    for table in shard.iter_batches(
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        local_shuffle_buffer_size=4 * cfg.batch_size,
+        local_shuffle_seed=cfg.seed * 100_003 + epoch,
+    ):
+        batch = table_to_batch(table, device=device)
+        parts = train_step(module, batch, optimizer, objective_of(cfg), clip_value=cfg.clip_value)
+        scheduler.step()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+        samples += table.num_rows
+    seconds = time.perf_counter() - start
+    world = ray.train.get_context().get_world_size()
+    out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+    # Shards are equal-sized, so this worker's rate times the world size is the job's rate.
+    out["train/samples_per_s"] = world * samples / max(seconds, 1e-9)
+    out["train/epoch_seconds"] = seconds
+    return out
+
+
+def _validate(model: BatchClassifier, num_classes: int, device: torch.device) -> EvalResult:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("val")
+    batches = (
+        table_to_batch(t, device=device)
+        for t in shard.iter_batches(batch_size=32, batch_format="pyarrow")
+    )
+    return evaluate(model, batches, num_classes)
+
+
+def _pictures(
+    model: BatchClassifier,
+    picture_rows: pa.Table | None,
+    result: EvalResult,
+    tracker: Tracker,
+    epoch: int,
+    device: torch.device,
+) -> None:
+    """The glimpse picture of the fixed validation images and the confusion matrix."""
+    with tempfile.TemporaryDirectory() as directory:
+        if picture_rows is not None and picture_rows.num_rows:
+            batch = table_to_batch(picture_rows, device=device)
+            boxes = model.predict(batch).boxes_BT4
+            if boxes is not None:
+                path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
+                glimpse_picture(batch, boxes.cpu()).save(path)
+                tracker.artifact(path, "glimpses")
+        png = os.path.join(directory, f"confusion_epoch{epoch:04d}.png")
+        confusion_picture(result.confusion).save(png)
+        csv = os.path.join(directory, f"confusion_epoch{epoch:04d}.csv")
+        np.savetxt(csv, result.confusion, fmt="%d", delimiter=",")
+        tracker.artifact(png, "confusion")
+        tracker.artifact(csv, "confusion")
+
+
+def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+    import ray.train
+
+    if state is None:  # ranks other than 0 report metrics only
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, os.path.join(directory, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry of every Ray Train worker. `loop_config`: train (TrainConfig dict), data (classes,
+    channels), run_id and tracking_uri (MLflow), picture_rows (Arrow IPC bytes or None)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    data = loop_config["data"]
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg, data).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    warmup = max(cfg.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    done = _restore(model, optimizer, scheduler)
+    torch.manual_seed(cfg.seed * 1009 + rank + 7919 * done)  # sampling noise differs per rank
+    module = ray.train.torch.prepare_model(LossModule(model))
+    tracker = Tracker(loop_config["run_id"], enabled=rank == 0, uri=loop_config["tracking_uri"])
+    pictures = loop_config.get("picture_rows")
+    picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
+    for epoch in range(done + 1, cfg.epochs + 1):
+        metrics = _train_epoch(module, optimizer, scheduler, cfg, epoch, device)
+        state = None
+        if rank == 0:
+            result = _validate(model, data["num_classes"], device)
+            metrics.update(result.metrics("val"))
+            metrics["peak_memory_mb"] = peak_memory_mb(device)
+            tracker.metrics(metrics, step=epoch)
+            if epoch % cfg.picture_every == 0 or epoch == cfg.epochs:
+                _pictures(model, picture_rows, result, tracker, epoch, device)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "train": cfg.to_dict(),
+                "data": data,
+            }
+        metrics["epoch"] = epoch
+        _report(metrics, state)

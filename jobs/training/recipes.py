@@ -1,0 +1,194 @@
+"""Training configuration and the named recipes (`python -m jobs.train --recipe NAME`).
+
+A recipe is a function returning a complete `TrainConfig`; the command line picks one and applies a
+few `--set key=value` overrides. The smallest recipe (`tiny_cpu`) trains in seconds and is what the
+tests use; the `*_gpu` recipes are the paper-scale runs (MODEL.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.loss import OBJECTIVES
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """One training run: data, model, objective, optimiser, scale and bookkeeping."""
+
+    dataset: str  # a published dataset version URL: <root>/<version> (local or s3://)
+    model: str  # a name from model.registry.list_models()
+    model_cfg: dict[str, Any] = field(default_factory=dict)  # overrides of the model's config
+    objective: str = "additive"  # "additive" (the bound) or "product" (the reference's)
+    kl_weight: float = 1.0  # β on the KL term
+    recon_weight: float = 1.0  # λ on the proxy reconstruction (additive objective)
+    aux_weight: float = 0.0  # weight of the per-glimpse auxiliary cross-entropy
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 32  # images per worker per step
+    lr: float = 1e-3  # Adam learning rate
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    clip_value: float = 0.25  # gradient clipping by value (the paper's)
+    seed: int = 0  # model init and sampling; data order is Ray Data's, seeded per epoch
+    num_workers: int = 1  # data-parallel Ray Train workers
+    cpus_per_worker: float = 0.5  # fractional on 2 cores: the Ray Data read needs a CPU too
+    use_gpu: bool = False  # one GPU per worker and NCCL; False: CPU and gloo
+    max_failures: int = 2  # worker-failure restarts from the last checkpoint
+    picture_every: int = 5  # epochs between glimpse pictures (and always the last epoch)
+    picture_images: int = 8  # fixed validation images drawn in each picture
+    registered_model: str = "saccade"  # MLflow registry name for the final model
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; use one of {OBJECTIVES}")
+        for name in ("epochs", "batch_size", "num_workers", "picture_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.cpus_per_worker <= 0:
+            raise ValueError(
+                f"lr and cpus_per_worker must be > 0, got {self.lr}, {self.cpus_per_worker}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        return cls(**values)
+
+
+def tiny_cpu(dataset: str) -> TrainConfig:
+    """Seconds on a laptop CPU: the tests' recipe (a shrunk saccader, 2 epochs)."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader_test",
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        picture_every=1,
+        picture_images=4,
+    )
+
+
+def cluttered_cpu(dataset: str) -> TrainConfig:
+    """The CPU benchmark: cluttered MNIST at a reduced size, a small saccader."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={
+            "latent": 64,
+            "window": 32,
+            "encoder_width": 16,
+            "encoder_blocks": (1, 1, 1),
+            "proxy_size": 48,
+            "glimpses": 4,
+            "max_image_fraction": 0.3,
+        },
+        epochs=20,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=100,
+        aux_weight=1.0,
+        kl_weight=1.0,
+    )
+
+
+def cluttered_2528_gpu(dataset: str) -> TrainConfig:
+    """The paper's 2528×2528 cluttered MNIST run: T=4, W=64, max fraction 0.3, L=256, β=5."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={"glimpses": 4, "window": 64, "max_image_fraction": 0.3, "latent": 256},
+        objective="product",
+        kl_weight=5.0,
+        epochs=2000,
+        batch_size=100,
+        lr=1e-5,
+        num_workers=8,
+        cpus_per_worker=4,
+        use_gpu=True,
+    )
+
+
+def sc2_gpu(dataset: str) -> TrainConfig:
+    """The paper's StarCraft II run: T=6, max fraction 0.1, β=1.8."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={"glimpses": 6, "window": 64, "max_image_fraction": 0.1, "latent": 256},
+        objective="product",
+        kl_weight=1.8,
+        epochs=2000,
+        batch_size=100,
+        lr=1e-5,
+        num_workers=8,
+        cpus_per_worker=4,
+        use_gpu=True,
+    )
+
+
+def _baseline(name: str, base: Callable[[str], TrainConfig]) -> Callable[[str], TrainConfig]:
+    def recipe(dataset: str) -> TrainConfig:
+        return dataclasses.replace(base(dataset), model=name, model_cfg={}, warmup_steps=0)
+
+    recipe.__doc__ = f"{base.__name__} with the {name} model instead of the saccader."
+    return recipe
+
+
+RECIPES: dict[str, Callable[[str], TrainConfig]] = {
+    "tiny_cpu": tiny_cpu,
+    "tiny_cpu_resize224": _baseline("resnet18_resize224_test", tiny_cpu),
+    "tiny_cpu_patches": _baseline("resnet18_patches_test", tiny_cpu),
+    "tiny_cpu_proxy_only": _baseline("proxy_only_test", tiny_cpu),
+    "cluttered_cpu": cluttered_cpu,
+    "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu),
+    "cluttered_cpu_patches": _baseline("resnet18_patches", cluttered_cpu),
+    "cluttered_cpu_proxy_only": _baseline("proxy_only", cluttered_cpu),
+    "cluttered_2528_gpu": cluttered_2528_gpu,
+    "sc2_gpu": sc2_gpu,
+}
+
+
+def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainConfig:
+    """The recipe `name` for `dataset` with `key=value` overrides (``model_cfg.key`` reaches the
+    model's config). Unknown recipes and keys are named in the error."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; use one of {sorted(RECIPES)}")
+    values = RECIPES[name](dataset).to_dict()
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, raw in overrides.items():
+        if key.startswith("model_cfg."):
+            values["model_cfg"][key.removeprefix("model_cfg.")] = _parse_value(raw)
+            continue
+        if key not in fields or key == "model_cfg":
+            raise ValueError(f"unknown setting {key!r}; known: {sorted(fields)} or model_cfg.KEY")
+        values[key] = _coerce(key, raw, values[key])
+    return TrainConfig.from_dict(values)
+
+
+def _coerce(key: str, raw: str, current: Any) -> Any:
+    """Parse an override to the type of the recipe's current value."""
+    if isinstance(current, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"setting {key}={raw!r} must be true or false")
+        return raw.lower() in ("true", "1")
+    try:
+        return type(current)(raw)
+    except ValueError:
+        raise ValueError(f"setting {key}={raw!r} is not a valid {type(current).__name__}") from None
+
+
+def _parse_value(raw: str) -> Any:
+    """A model setting: int, float, bool, a comma tuple of ints ("1,1,1"), or a string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for parse in (int, float):
+        try:
+            return parse(raw)
+        except ValueError:
+            pass
+    if "," in raw:
+        return tuple(int(p) for p in raw.split(",") if p)
+    return raw

@@ -1,0 +1,122 @@
+"""MLflow: where runs go, one run per training (resumable), rank-0-only logging, the registry.
+
+Embedded default: a SQLite store `./mlflow.db` with artifacts under `./mlartifacts` (the registry
+works on it). Any `MLFLOW_TRACKING_URI` (an `mlflow server`, ...) replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+RUN_NAME_TAG = "saccade.run_name"
+DEFAULT_EXPERIMENT = "saccade"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the embedded SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def artifact_location(experiment: str) -> str | None:
+    """For a SQLite store, artifacts go beside the database (MLflow would otherwise write into
+    ./mlruns of whatever directory the job runs in); a tracking server decides for itself."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    base = os.path.dirname(uri.removeprefix("sqlite:///"))
+    return "file://" + os.path.join(base, "mlartifacts", experiment)
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment's id, creating it (with its artifact location) on first use."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(name))
+
+
+def start_or_resume_run(experiment_id: str, run_name: str, params: Mapping[str, Any]) -> str:
+    """The id of the run named `run_name` (resuming it), or of a new one with `params` logged."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+    if runs:
+        client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def end_run(run_id: str, *, ok: bool) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def git_commit() -> str:
+    """The commit of the code being run ('unknown' outside a git checkout, e.g. in a Ray job's
+    uploaded working directory)."""
+    try:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("SACCADE_GIT_COMMIT", "unknown")
+
+
+def flatten(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dicts as dotted MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            out.update(flatten(name, value))
+        else:
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """Logs to one MLflow run from rank 0; a no-op on every other rank (STYLE.md, side effects)."""
+
+    def __init__(self, run_id: str | None, *, enabled: bool, uri: str | None = None) -> None:
+        self.run_id = run_id
+        self.client = None
+        if enabled and run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(uri or tracking_uri())
+
+    def metrics(self, values: Mapping[str, float], *, step: int) -> None:
+        if self.client is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in sorted(values.items())]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if self.client is not None:
+            self.client.log_artifact(self.run_id, local_path, artifact_path)

@@ -1,0 +1,148 @@
+"""The driver side of a training run: checks, the MLflow run, the TorchTrainer, registration."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset, read_split
+from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
+from jobs.training.packaging import log_and_register
+from jobs.training.recipes import TrainConfig
+from jobs.training.tracking import (
+    end_run,
+    ensure_experiment,
+    flatten,
+    git_commit,
+    start_or_resume_run,
+    tracking_uri,
+)
+from pipelines.storage import DatasetVersion
+
+
+@dataclass(kw_only=True)
+class TrainRequest:
+    """A training run as the job asks for it."""
+
+    config: TrainConfig  # the recipe with its overrides
+    name: str  # run name: Ray Train's run directory and the MLflow run (same name = resume)
+    storage: str  # checkpoint root (local path or s3://)
+    experiment: str = "saccade"  # MLflow experiment
+    data: dict[str, Any] = field(default_factory=dict)  # filled by check(): classes, channels
+
+    def check(self) -> DatasetVersion:
+        """Open the dataset (exists, schema v1) and build the model once on the CPU, so that a
+        bad configuration fails with one clear message before any worker starts."""
+        version = open_dataset(self.config.dataset)
+        first = version.read_head("train", 1, columns=["channels"])
+        manifest = version.manifest
+        self.data = {
+            "num_classes": int(manifest["num_classes"]),
+            "class_names": list(manifest["class_names"]),
+            "channels": int(first.column("channels")[0].as_py()),
+        }
+        build_model(self.config, self.data)  # unknown model or settings → ValueError
+        return version
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    run_id: str
+    model_version: str
+    registered_model: str
+    metrics: dict[str, float]
+
+    def format(self) -> str:
+        keys = ("val/accuracy", "val/hit_rate", "val/centred_hit_rate", "train/samples_per_s")
+        shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
+        return (
+            f"run {self.name} (MLflow run {self.run_id}) epoch {self.metrics.get('epoch')}: "
+            f"{shown}\nregistered models:/{self.registered_model}/{self.model_version}"
+        )
+
+
+def _picture_rows(version: DatasetVersion, n: int) -> bytes | None:
+    """The fixed validation images drawn every few epochs, as Arrow IPC bytes."""
+    table = version.read_head("val", n, columns=TRAIN_COLUMNS)
+    if table.num_rows == 0:
+        return None
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str) -> Any:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = request.config
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "data": request.data,
+            "run_id": run_id,
+            "tracking_uri": tracking_uri(),
+            "picture_rows": _picture_rows(version, cfg.picture_images),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        datasets={"train": read_split(version, "train"), "val": read_split(version, "val")},
+        # Validation runs whole on rank 0; only the training split is sharded.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=request.name,
+            storage_path=_absolute(request.storage),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _absolute(storage: str) -> str:
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def train(request: TrainRequest) -> TrainOutcome:
+    """Run the training described by `request` (Ray initialised; `request.check()` done)."""
+    version = request.check()
+    cfg = request.config
+    params = {
+        **flatten("train", cfg.to_dict()),
+        "dataset.url": cfg.dataset,
+        "dataset.version": version.manifest.get("version"),
+        "dataset.manifest_sha256": manifest_hash(version.manifest),
+        "git_commit": git_commit(),
+    }
+    run_id = start_or_resume_run(ensure_experiment(request.experiment), request.name, params)
+    ok = False
+    try:
+        result = _trainer(request, version, run_id).fit()
+        with result.checkpoint.as_directory() as directory:
+            state = torch.load(
+                os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False
+            )
+        example = version.read_head("val", 2, columns=TRAIN_COLUMNS)
+        model_version = log_and_register(
+            state, example, run_id=run_id, registered_model=cfg.registered_model
+        )
+        ok = True
+    finally:
+        end_run(run_id, ok=ok)
+    return TrainOutcome(
+        name=request.name,
+        run_id=run_id,
+        model_version=model_version,
+        registered_model=cfg.registered_model,
+        metrics=dict(result.metrics),
+    )

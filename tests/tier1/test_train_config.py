@@ -1,0 +1,124 @@
+"""Tier 1: training configuration errors are named, before Ray or any worker starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.training.recipes import RECIPES, TrainConfig, make_recipe
+from pipelines.schema import IMAGE_SCHEMA
+from pipelines.storage import Staging, write_parquet
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_clear_failure(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert "Started a local Ray instance" not in result.stderr  # failed before Ray
+
+
+def test_every_recipe_builds_a_valid_config() -> None:
+    for name in RECIPES:
+        config = make_recipe(name, "data/x/v0001", {})
+        assert isinstance(config, TrainConfig)
+
+
+def test_overrides_are_typed_and_reach_the_model_config() -> None:
+    config = make_recipe(
+        "tiny_cpu",
+        "d",
+        {
+            "epochs": "3",
+            "use_gpu": "false",
+            "lr": "0.01",
+            "model_cfg.glimpses": "3",
+            "model_cfg.encoder_blocks": "1,1",
+        },
+    )
+    assert (config.epochs, config.use_gpu, config.lr) == (3, False, 0.01)
+    assert config.model_cfg["glimpses"] == 3
+    assert config.model_cfg["encoder_blocks"] == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": "many"}, "setting epochs='many' is not a valid int"),
+        ({"epoch": "3"}, "unknown setting 'epoch'"),
+        ({"objective": "sum"}, "unknown objective 'sum'"),
+        ({"batch_size": "0"}, "batch_size must be >= 1"),
+        ({"use_gpu": "maybe"}, "must be true or false"),
+    ],
+)
+def test_bad_overrides(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        make_recipe("tiny_cpu", "d", overrides)
+
+
+def test_unknown_recipe_cli() -> None:
+    _assert_clear_failure(_train("--recipe", "huge", "--dataset", "x"), "unknown recipe 'huge'")
+
+
+def test_missing_dataset_version_cli(tmp_path: Path) -> None:
+    result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0009"))
+    _assert_clear_failure(result, "no published dataset version")
+
+
+def test_schema_mismatch_cli(tmp_path: Path) -> None:
+    staging = Staging.create(str(tmp_path), "v0001")
+    os.makedirs(os.path.join(staging.path, "split=train"))
+    old = IMAGE_SCHEMA.remove(IMAGE_SCHEMA.get_field_index("proxy"))  # a column short
+    write_parquet(
+        staging.fs, os.path.join(staging.path, "split=train", "part-0.parquet"), old.empty_table()
+    )
+    staging.publish({"schema_version": 1, "num_classes": 55, "class_names": []})
+    result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0001"))
+    _assert_clear_failure(result, "column 'proxy' is missing")
+
+
+def _tiny_version(root: Path) -> str:
+    """A real published version built with the pipeline's stages (no Ray)."""
+    import numpy as np
+
+    from pipelines.build import write_shard
+    from pipelines.digits import load_digits, split_digits
+    from pipelines.sources import generate_rows
+
+    staging = Staging.create(str(root), "v0001")
+    table = generate_rows(
+        {"id": np.arange(2)},
+        source="cluttered_mnist",
+        params={"original_size": 128},
+        pools=split_digits(load_digits(), seed=0),
+        seed=0,
+        counts={"train": 2},
+        tile_size=64,
+        tile_format="png",
+    )
+    write_shard(table, staging_url=staging.path)
+    staging.publish({"schema_version": 1, "num_classes": 55, "class_names": [""] * 55})
+    return str(root / "v0001")
+
+
+def test_unknown_model_setting_cli(tmp_path: Path) -> None:
+    dataset = _tiny_version(tmp_path)
+    result = _train("--recipe", "tiny_cpu", "--dataset", dataset, "--set", "model_cfg.wings=2")
+    _assert_clear_failure(result, "unknown saccader_test settings ['wings']")

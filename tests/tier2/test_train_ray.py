@@ -1,0 +1,123 @@
+"""Tier 2: Ray Train on a real local cluster with a real MLflow store: an end-to-end run, resume,
+the registered model, and `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.training.recipes import make_recipe
+from jobs.training.trainer import TrainRequest, train
+from pipelines.storage import DatasetVersion
+
+pytestmark = pytest.mark.tier2
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _request(dataset: str, tmp_path: Path, name: str, **overrides: str) -> TrainRequest:
+    config = make_recipe("tiny_cpu", dataset, overrides)
+    return TrainRequest(config=config, name=name, storage=str(tmp_path / "ckpt"))
+
+
+def test_train_registers_a_model_that_loads_and_predicts(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    outcome = train(_request(tiny_dataset, tmp_path, "e2e", registered_model="e2e-model"))
+    assert outcome.metrics["epoch"] == 2
+    client = _client(mlflow_uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.model"] == "saccader_test"
+    assert run.data.params["dataset.version"] == "v0001"
+    assert len(run.data.params["dataset.manifest_sha256"]) == 64
+    for key in (
+        "train/ce",
+        "train/kl",
+        "train/recon",
+        "val/accuracy",
+        "val/hit_rate",
+        "train/samples_per_s",
+        "peak_memory_mb",
+    ):
+        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [1, 2], key
+    glimpses = [a.path for a in client.list_artifacts(outcome.run_id, "glimpses")]
+    assert glimpses == ["glimpses/glimpses_epoch0001.png", "glimpses/glimpses_epoch0002.png"]
+    assert client.list_artifacts(outcome.run_id, "confusion")
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/e2e-model/{outcome.model_version}")
+    rows = DatasetVersion.open(tiny_dataset).read_head("test", 3).to_pandas()
+    predicted = model.predict(rows)
+    assert len(predicted) == 3
+    assert predicted["label"].between(0, 54).all()
+    assert all(len(p) == 55 and abs(sum(p) - 1) < 1e-4 for p in predicted["probabilities"])
+    assert all(len(b) == 2 and len(b[0]) == 4 for b in predicted["boxes"])  # T=2 glimpses
+    assert predicted.equals(model.predict(rows))  # inference is deterministic
+
+
+def test_resume_continues_from_the_last_epoch(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    first = train(_request(tiny_dataset, tmp_path, "resume", epochs="1", picture_every="1"))
+    assert first.metrics["epoch"] == 1
+    second = train(_request(tiny_dataset, tmp_path, "resume", epochs="2", picture_every="1"))
+    assert second.metrics["epoch"] == 2
+    assert second.run_id == first.run_id  # the same MLflow run goes on
+    history = _client(mlflow_uri).get_metric_history(first.run_id, "train/total")
+    assert sorted(m.step for m in history) == [1, 2]  # epoch 1 was not trained or logged again
+
+
+def test_train_through_ray_job_submit(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    # The job's environment names the tracking store, as a user's runtime env would.
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}})
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_cluster,
+            "--working-dir",
+            str(REPO_ROOT),
+            "--runtime-env-json",
+            runtime_env,
+            "--",
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--recipe",
+            "tiny_cpu",
+            "--dataset",
+            tiny_dataset,
+            "--name",
+            "submitted",
+            "--storage",
+            str(tmp_path / "ckpt"),
+            "--set",
+            "epochs=1",
+            "--set",
+            "registered_model=submitted-model",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "registered models:/submitted-model/1" in result.stdout
+    versions = _client(mlflow_uri).search_model_versions("name = 'submitted-model'")
+    assert [str(v.version) for v in versions] == ["1"]
