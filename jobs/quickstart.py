@@ -1,53 +1,152 @@
 """The README's main command: everything end to end on the embedded defaults.
 
-Builds a small two-digit cluttered MNIST dataset with Ray Data (local Ray, local directory) and
-prints what was built. ``--out`` and ``RAY_ADDRESS`` point it elsewhere.
+1. build a small two-digit cluttered MNIST dataset with Ray Data (local Ray, ./data);
+2. train the saccader and the three baselines with Ray Train (each an MLflow run, registered);
+3. evaluate each registered model on the test split (a separate process each, so peak memory is
+   each model's own);
+4. print one table and where the glimpse pictures and the MLflow UI are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 
 from jobs.common import init_ray, run_main
+from jobs.training.recipes import make_recipe
+from jobs.training.tracking import tracking_uri
+from jobs.training.trainer import TrainOutcome, TrainRequest, train
 from pipelines.build import BuildConfig, build_dataset, preflight
-from pipelines.storage import DatasetVersion, next_version
+from pipelines.storage import next_version
+
+MODELS = {  # table label → (recipe, registered model name)
+    "saccader": ("quickstart_cpu", "quickstart-saccader"),
+    "resize-224 (a)": ("quickstart_cpu_resize224", "quickstart-resize224"),
+    "every-pixel (b)": ("quickstart_cpu_patches", "quickstart-patches"),
+    "proxy-only": ("quickstart_cpu_proxy_only", "quickstart-proxy-only"),
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.quickstart", description=__doc__)
     p.add_argument("--out", default="data/quickstart", help="dataset root (local path or s3://)")
-    p.add_argument("--train", type=int, default=256, help="training images")
+    p.add_argument("--train", type=int, default=1024, help="training images")
+    p.add_argument("--original-size", type=int, default=256, help="side of the originals, px")
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of table labels")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def _build(args: argparse.Namespace) -> str:
+    held_out = max(args.train // 8, 8)
     config = BuildConfig(
         source="cluttered_mnist",
         out=args.out,
         version=next_version(args.out),
         seed=args.seed,
-        counts={
-            "train": args.train,
-            "val": max(args.train // 8, 1),
-            "test": max(args.train // 8, 1),
-        },
-        params={"original_size": 512},
+        counts={"train": args.train, "val": held_out, "test": held_out},
+        params={"original_size": args.original_size},
     )
     preflight(config)
     init_ray(args.num_cpus)
     summary = build_dataset(config)
-    manifest = DatasetVersion.open(summary.url).manifest
-    print("\n== quickstart ==")
-    print(summary.format())
-    print(
-        f"  classes: {manifest['num_classes']} ({manifest['source']}, "
-        f"{manifest['params']['original_size']} px originals, {manifest['tile_format']} tiles)"
+    print(summary.format(), flush=True)
+    return summary.url
+
+
+def _train(label: str, dataset: str, args: argparse.Namespace) -> TrainOutcome:
+    recipe, registered = MODELS[label]
+    overrides = {"registered_model": registered, "seed": str(args.seed)}
+    if args.epochs:
+        overrides["epochs"] = str(args.epochs)
+    config = make_recipe(recipe, dataset, overrides)
+    name = f"quickstart-{recipe}-{os.path.basename(dataset)}"
+    print(f"\n== training {label} ({recipe}) ==", flush=True)
+    outcome = train(TrainRequest(config=config, name=name, storage="checkpoints"))
+    print(outcome.format(), flush=True)
+    return outcome
+
+
+def _evaluate(model_uri: str, dataset: str) -> dict:
+    """`python -m jobs.evaluate` in its own process: the peak memory is this model's alone."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "eval.json")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.evaluate",
+                "--model",
+                model_uri,
+                "--dataset",
+                dataset,
+                "--json",
+                path,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        with open(path) as f:
+            return json.load(f)
+
+
+def _table(rows: dict[str, dict]) -> str:
+    head = (
+        f"{'model':<17}{'test acc':>9}{'hit-rate':>10}{'centred':>9}{'ms/image':>10}{'+mem MB':>9}"
     )
-    print(f"  manifest: {summary.url}/manifest.json")
+    lines = [head, "-" * len(head)]
+    for label, m in rows.items():
+        hit, centred = m.get("test/hit_rate"), m.get("test/centred_hit_rate")
+        lines.append(
+            f"{label:<17}{m['test/accuracy']:>9.3f}"
+            f"{(f'{hit:.3f}' if hit is not None else '-'):>10}"
+            f"{(f'{centred:.3f}' if centred is not None else '-'):>9}"
+            f"{m['test/latency_ms']:>10.1f}{m['test/peak_memory_growth_mb']:>9.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _last_glimpse_picture(run_id: str) -> str:
+    """Where the run's latest glimpse picture is (a local path for the embedded store)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    pictures = sorted(a.path for a in client.list_artifacts(run_id, "glimpses"))
+    if not pictures:
+        return "(none logged)"
+    root = client.get_run(run_id).info.artifact_uri
+    return f"{root.removeprefix('file://')}/{pictures[-1]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    dataset = _build(args)
+    outcomes = {label: _train(label, dataset, args) for label in chosen}
+    uris = {
+        label: f"models:/{o.registered_model}/{o.model_version}" for label, o in outcomes.items()
+    }
+    results = {label: _evaluate(uri, dataset) for label, uri in uris.items()}
+    print("\n== quickstart: test split of", dataset, "==")
+    print(_table({label: r["metrics"] for label, r in results.items()}))
+    print(
+        "\nhit-rate: share of glimpses whose box holds a digit centre; centred: the same box "
+        "size fixed at the image centre."
+    )
+    print("registered: " + ", ".join(uris.values()))
+    if "saccader" in outcomes:
+        print(f"glimpse picture: {_last_glimpse_picture(outcomes['saccader'].run_id)}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri()} (then http://127.0.0.1:5000)")
     return 0
 
 

@@ -3,7 +3,9 @@ glimpse localisation score beside a centred box of the same size, latency and pe
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,6 +80,41 @@ def evaluate(model: BatchClassifier, batches: Iterable[Batch], num_classes: int)
         out = eval_step(model, batch)
         result.add(batch, out, time.perf_counter() - start)
     return result
+
+
+class PeakRss:
+    """Samples this process's resident set every few milliseconds while open: the peak growth
+    over the RSS at entry is what the work inside needed (`ru_maxrss` cannot tell that once an
+    earlier step, such as loading MLflow, set a higher high-water mark)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.start_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> PeakRss:
+        self.start_mb = self.peak_mb = self.rss_mb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.rss_mb())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self.rss_mb())
+
+    @property
+    def growth_mb(self) -> float:
+        return self.peak_mb - self.start_mb
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

@@ -193,4 +193,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "data": data,
             }
         metrics["epoch"] = epoch
+        if rank == 0:  # reaches the driver's log (and `ray job logs`)
+            print(_progress_line(epoch, cfg.epochs, metrics), flush=True)
         _report(metrics, state)
+
+
+def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    keys = ("train/total", "train/accuracy", "val/accuracy", "val/hit_rate", "train/samples_per_s")
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    return f"[train] epoch {epoch}/{epochs}: {shown}"

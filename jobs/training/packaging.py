@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -84,6 +85,9 @@ def log_and_register(
     from jobs.training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
+    # Known and intended: integer columns (never missing here), no stored input example (it
+    # would copy image tiles into the registry), a cloudpickled python_model.
+    warnings.filterwarnings("ignore", message=".*(integer column|input example).*")
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "state.pt")
         torch.save(state, path)

@@ -129,9 +129,44 @@ def sc2_gpu(dataset: str) -> TrainConfig:
     )
 
 
-def _baseline(name: str, base: Callable[[str], TrainConfig]) -> Callable[[str], TrainConfig]:
+def quickstart_cpu(dataset: str) -> TrainConfig:
+    """The quickstart's saccader: small enough to train in a few minutes on 2 cores."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={
+            "latent": 64,
+            "window": 32,
+            "encoder_width": 16,
+            "encoder_blocks": (1, 1, 1),
+            "proxy_size": 48,
+            "glimpses": 4,
+            "max_image_fraction": 0.3,
+        },
+        epochs=6,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=50,
+        aux_weight=1.0,
+        picture_every=2,
+    )
+
+
+# The baselines' ResNet-18 narrowed for CPU recipes (the paper-scale recipes use the full width).
+SMALL_RESNET = {"width": 16, "blocks": (1, 1, 1, 1)}
+
+
+def _baseline(
+    name: str, base: Callable[[str], TrainConfig], model_cfg: dict[str, Any] | None = None
+) -> Callable[[str], TrainConfig]:
     def recipe(dataset: str) -> TrainConfig:
-        return dataclasses.replace(base(dataset), model=name, model_cfg={}, warmup_steps=0)
+        return dataclasses.replace(
+            base(dataset),
+            model=name,
+            model_cfg=dict(model_cfg or {}),
+            warmup_steps=0,
+            aux_weight=0.0,
+        )
 
     recipe.__doc__ = f"{base.__name__} with the {name} model instead of the saccader."
     return recipe
@@ -142,6 +177,14 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "tiny_cpu_resize224": _baseline("resnet18_resize224_test", tiny_cpu),
     "tiny_cpu_patches": _baseline("resnet18_patches_test", tiny_cpu),
     "tiny_cpu_proxy_only": _baseline("proxy_only_test", tiny_cpu),
+    "quickstart_cpu": quickstart_cpu,
+    "quickstart_cpu_resize224": _baseline("resnet18_resize224", quickstart_cpu, SMALL_RESNET),
+    # Every pixel in 128-px patches: the quickstart's 256-px originals are exactly 2×2 patches
+    # (224-px patches would be 3/4 zero padding at this size).
+    "quickstart_cpu_patches": _baseline(
+        "resnet18_patches", quickstart_cpu, {**SMALL_RESNET, "patch_size": 128}
+    ),
+    "quickstart_cpu_proxy_only": _baseline("proxy_only", quickstart_cpu, SMALL_RESNET),
     "cluttered_cpu": cluttered_cpu,
     "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu),
     "cluttered_cpu_patches": _baseline("resnet18_patches", cluttered_cpu),

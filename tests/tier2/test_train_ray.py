@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.training.assess import assess
 from jobs.training.recipes import make_recipe
 from jobs.training.trainer import TrainRequest, train
 from pipelines.storage import DatasetVersion
@@ -65,6 +66,21 @@ def test_train_registers_a_model_that_loads_and_predicts(
     assert all(len(p) == 55 and abs(sum(p) - 1) < 1e-4 for p in predicted["probabilities"])
     assert all(len(b) == 2 and len(b[0]) == 4 for b in predicted["boxes"])  # T=2 glimpses
     assert predicted.equals(model.predict(rows))  # inference is deterministic
+
+    report = assess(f"models:/e2e-model/{outcome.model_version}", tiny_dataset, split="test")
+    assert 0 <= report.metrics["test/accuracy"] <= 1
+    assert 0 <= report.metrics["test/hit_rate"] <= 1
+    assert report.metrics["test/latency_ms"] > 0
+    names = DatasetVersion.open(tiny_dataset).manifest["class_names"]
+    test_labels = DatasetVersion.open(tiny_dataset).read("test", ["label_name"])
+    # One entry per class present in the test split, named as in the manifest.
+    assert set(report.per_class) == set(test_labels.column("label_name").to_pylist())
+    assert set(report.per_class) <= set(names)
+    logged = client.get_run(report.run_id)
+    assert logged.data.tags["dataset.version"] == tiny_dataset
+    assert logged.data.metrics["test/accuracy"] == pytest.approx(report.metrics["test/accuracy"])
+    with pytest.raises(ValueError, match="cannot load model models:/no-such-model/1"):
+        assess("models:/no-such-model/1", tiny_dataset)
 
 
 def test_resume_continues_from_the_last_epoch(

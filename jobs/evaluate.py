@@ -1,0 +1,47 @@
+"""Evaluate a registered model: ``python -m jobs.evaluate --model models:/saccade/1 --dataset D``.
+
+Prints accuracy (overall and per class), the localisation score (share of glimpses containing a
+ground-truth object centre, beside a centred box of the same size), latency and peak memory, and
+logs them to MLflow (experiment `saccade-evaluations`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from jobs.common import run_main
+from jobs.training.assess import assess
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__)
+    p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, ...")
+    p.add_argument("--dataset", required=True, help="a published version: <root>/<version>")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = assess(args.model, args.dataset, split=args.split, batch_size=args.batch_size)
+    print(f"{args.model} on {args.dataset} [{args.split}] (MLflow run {result.run_id})")
+    for key, value in sorted(result.metrics.items()):
+        print(f"  {key}: {value:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"metrics": result.metrics, "per_class": result.per_class, "run_id": result.run_id},
+                f,
+                indent=2,
+            )
+    worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
+    print("  lowest per-class accuracy: " + ", ".join(f"{k}={v:.2f}" for k, v in worst))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
