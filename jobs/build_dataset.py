@@ -1,28 +1,35 @@
 """Build a dataset version: ``python -m jobs.build_dataset --source cluttered_mnist --out data/cm``.
 
-Works locally (starts Ray in-process) and through
+File sources read an input folder or bucket:
+``--source dslr --input photos/ [--labels labels.csv] [--max-pixels N]`` and
+``--source sc2_replays --input replays/``. Works locally (starts Ray in-process) and through
 ``ray job submit --working-dir . -- python -m jobs.build_dataset ...`` (joins the cluster).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
 from jobs.common import init_ray, parse_key_values, run_main
 from pipelines.build import BuildConfig, build_dataset, preflight
-from pipelines.sources import SYNTHETIC_SOURCES
+from pipelines.sources import FILE_SOURCES, SOURCES
+
+COUNTS = {"train": 512, "val": 128, "test": 128}  # default images per split of a generated source
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.build_dataset", description=__doc__)
-    p.add_argument("--source", required=True, help=f"one of {sorted(SYNTHETIC_SOURCES)}")
+    p.add_argument("--source", required=True, help=f"one of {sorted(SOURCES)}")
     p.add_argument("--out", required=True, help="dataset root: a local path or s3://bucket/prefix")
     p.add_argument("--version", help="version name (default: the next vNNNN under --out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=512, help="training images")
-    p.add_argument("--val", type=int, default=128, help="validation images")
-    p.add_argument("--test", type=int, default=128, help="test images")
+    for split, n in COUNTS.items():
+        p.add_argument(f"--{split}", type=int, help=f"{split} images of a generated source ({n})")
+    p.add_argument("--input", help="dslr / sc2_replays: input folder or s3:// prefix")
+    p.add_argument("--labels", help="dslr: labels CSV (path,label[,split])")
+    p.add_argument("--max-pixels", help="dslr: larger images are rejected (bomb guard)")
     p.add_argument(
         "--set",
         action="append",
@@ -42,6 +49,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _counts(args: argparse.Namespace) -> dict[str, int]:
+    given = {s: getattr(args, s) for s in COUNTS if getattr(args, s) is not None}
+    if args.source in FILE_SOURCES and given:
+        logging.warning(
+            "--%s ignored: a file source's splits come from its input", "/--".join(given)
+        )
+    return {**COUNTS, **given}
+
+
+def _params(args: argparse.Namespace) -> dict[str, str]:
+    params = parse_key_values(args.set, flag="--set")
+    # The file-source flags are config fields too: an unsupported one is named by make_config.
+    flags = {"input": args.input, "labels": args.labels, "max_pixels": args.max_pixels}
+    return {**params, **{k: v for k, v in flags.items() if v is not None}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = BuildConfig(
@@ -49,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         version=args.version,
         seed=args.seed,
-        counts={"train": args.train, "val": args.val, "test": args.test},
-        params=parse_key_values(args.set, flag="--set"),
+        counts=_counts(args),
+        params=_params(args),
         tile_size=args.tile_size,
         tile_format=args.tile_format,
         rows_per_file=args.rows_per_file,

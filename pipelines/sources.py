@@ -1,7 +1,13 @@
 """Registry of dataset sources and the generation stage that turns indices into rows.
 
-A synthetic source is a pure generator ``(config, digits, rng) -> Sample``; the stage
-``generate_rows`` maps a batch of global indices to schema-v1 rows (or rejects) with it.
+Two kinds of source:
+- **generated** (``SyntheticSource``): a pure generator ``(config, digits, rng) -> Sample`` for the
+  MNIST-based sources, or ``(config, rng) -> Sample`` for those that need no digits
+  (``uses_digits=False``: street signs, the StarCraft II battle simulator). The stage
+  ``generate_rows`` maps a batch of global indices to schema-v1 rows (or rejects) with it.
+- **file-based** (``FileSource``): inputs listed from a folder or bucket (photos, replays); their
+  stages live beside their readers (``pipelines.dslr``, ``pipelines.sc2.replays``) and
+  ``pipelines.build`` composes them.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.digits import DigitSet
-from pipelines.schema import IMAGE_SCHEMA
+from pipelines.dslr import DslrConfig
+from pipelines.sc2.replays import Sc2ReplayConfig
+from pipelines.sc2.simulator import Sc2SimConfig, generate_sc2_sim, sim_class_names
+from pipelines.staging import STAGING_SCHEMA as STAGING_SCHEMA  # re-exported: it lived here
+from pipelines.staging import staging_table
+from pipelines.street_signs import (
+    StreetSignsConfig,
+    generate_street_sign,
+    street_sign_class_names,
+)
 from pipelines.synthetic import (
     ClutteredMnistConfig,
     GenerationError,
@@ -28,27 +43,37 @@ from pipelines.synthetic import (
     generate_megapixel,
     sample_rng,
 )
-from pipelines.tiling import REJECT_REASON, REJECT_REF, image_row, reject_row
-
-# IMAGE_SCHEMA plus what the writer needs: the global index (file names) and reject fields.
-STAGING_SCHEMA = (
-    IMAGE_SCHEMA.append(pa.field("_index", pa.int64()))
-    .append(pa.field(REJECT_REASON, pa.string()))
-    .append(pa.field(REJECT_REF, pa.string()))
-)
+from pipelines.tiling import image_row, reject_row
 
 
 @dataclass(frozen=True)
 class SyntheticSource:
-    """How to configure, generate and name the classes of one synthetic source."""
+    """How to configure, generate and name the classes of one generated source."""
 
     name: str
     config_cls: type
-    generate: Callable[[Any, DigitSet, np.random.Generator], Sample]
+    # (config, digits, rng) -> Sample, or (config, rng) -> Sample when uses_digits is False.
+    generate: Callable[..., Sample]
     class_names: Callable[[Any], list[str]]
     # Chosen by measurement (BENCHMARKS.md): PNG tiles of upsampled digit canvases are ~10×
     # smaller than raw and decode in well under a millisecond per tile.
     tile_format: str = "png"
+    uses_digits: bool = True  # whether generate takes the split's MNIST digit pool
+
+    def sample(self, config: Any, digits: DigitSet | None, rng: np.random.Generator) -> Sample:
+        """One sample, passing the digit pool only to generators that take one."""
+        if self.uses_digits:
+            return self.generate(config, digits, rng)
+        return self.generate(config, rng)
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A source whose inputs are files listed from ``config.input``; pipelines.build composes it."""
+
+    name: str
+    config_cls: type
+    tile_format: str
 
 
 SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
@@ -64,24 +89,58 @@ SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
         generate=generate_megapixel,
         class_names=lambda cfg: [str(d) for d in range(10)],
     ),
+    # Camera-like scenes: JPEG tiles, as for real photos (BENCHMARKS.md, "DSLR ingest").
+    "street_signs": SyntheticSource(
+        name="street_signs",
+        config_cls=StreetSignsConfig,
+        generate=generate_street_sign,
+        class_names=lambda cfg: street_sign_class_names(),
+        tile_format="jpeg",
+        uses_digits=False,
+    ),
+    # Flat terrain and crisp sprites: PNG tiles are smaller than JPEG q90 and lossless.
+    "sc2_sim": SyntheticSource(
+        name="sc2_sim",
+        config_cls=Sc2SimConfig,
+        generate=generate_sc2_sim,
+        class_names=lambda cfg: sim_class_names(),
+        uses_digits=False,
+    ),
 }
 
+FILE_SOURCES: dict[str, FileSource] = {
+    "dslr": FileSource(name="dslr", config_cls=DslrConfig, tile_format="jpeg"),
+    "sc2_replays": FileSource(name="sc2_replays", config_cls=Sc2ReplayConfig, tile_format="png"),
+}
 
-def get_source(name: str) -> SyntheticSource:
+SOURCES: dict[str, SyntheticSource | FileSource] = {**SYNTHETIC_SOURCES, **FILE_SOURCES}
+
+
+def get_source(name: str) -> SyntheticSource | FileSource:
     """The registered source ``name``; a ValueError lists the known ones."""
-    if name not in SYNTHETIC_SOURCES:
-        raise ValueError(f"unknown source {name!r}; use one of {sorted(SYNTHETIC_SOURCES)}")
-    return SYNTHETIC_SOURCES[name]
+    if name not in SOURCES:
+        raise ValueError(f"unknown source {name!r}; use one of {sorted(SOURCES)}")
+    return SOURCES[name]
 
 
-def make_config(source: SyntheticSource, params: Mapping[str, Any]) -> Any:
-    """Build the source's config from string or typed overrides, naming unknown keys."""
+def make_config(source: SyntheticSource | FileSource, params: Mapping[str, Any]) -> Any:
+    """Build the source's config from string or typed overrides, naming unknown or missing keys."""
     fields = {f.name: f for f in dataclasses.fields(source.config_cls)}
     unknown = sorted(set(params) - set(fields))
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {unknown} for source {source.name!r}; known: {sorted(fields)}"
         )
+    missing = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and name not in params
+    ]
+    if missing:
+        flags = ", ".join(f"--{m}" for m in missing)
+        raise ValueError(f"source {source.name!r} needs {missing} (on the command line: {flags})")
     typed = {k: _coerce(v, fields[k].type, k) for k, v in params.items()}
     return source.config_cls(**typed)
 
@@ -139,6 +198,7 @@ def generate_rows(
 ) -> pa.Table:
     """Stage: global indices (``batch["id"]``) → staging rows (schema-v1 rows or rejects)."""
     spec = get_source(source)
+    assert isinstance(spec, SyntheticSource), f"{source} is not a generated source"
     config = make_config(spec, params)
     names = spec.class_names(config)
     rows = []
@@ -146,7 +206,7 @@ def generate_rows(
         split, local = split_of(int(index), counts)
         image_id = f"{source}-s{seed}-{split}-{local:07d}"
         try:
-            sample = spec.generate(config, pools[split], sample_rng(seed, split, local))
+            sample = spec.sample(config, pools.get(split), sample_rng(seed, split, local))
             row = image_row(
                 image_id=image_id,
                 split=split,
@@ -166,8 +226,7 @@ def generate_rows(
                 image_id=image_id, split=split, source=source, ref=ref, reason=str(exc)
             )
         rows.append({**row, "_index": int(index)})
-    columns = {f.name: [r.get(f.name) for r in rows] for f in STAGING_SCHEMA}
-    return pa.Table.from_pydict(columns, schema=STAGING_SCHEMA)
+    return staging_table(rows)
 
 
 def digits_fingerprint(digits: DigitSet) -> str:
