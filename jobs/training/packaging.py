@@ -75,6 +75,15 @@ class SaccadePyfunc(PythonModel):
         return pd.DataFrame(out)
 
 
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [
+        f"{name}=={version(name)}"
+        for name in ("torch", "mlflow", "pyarrow", "pillow", "numpy", "pandas")
+    ]
+
+
 def log_and_register(
     state: dict[str, Any], example: pa.Table, *, run_id: str, registered_model: str
 ) -> str:
@@ -103,5 +112,7 @@ def log_and_register(
                 signature=signature,
                 code_paths=[os.path.join(_REPO, p) for p in ("model", "pipelines", "jobs")],
                 registered_model_name=registered_model,
+                # Stated, not inferred: inference would load the model in a subprocess per run.
+                pip_requirements=_requirements(),
             )
     return str(info.registered_model_version)
