@@ -30,7 +30,9 @@ def ray_cluster(s3_endpoint: str) -> Iterator[str]:
         dashboard_host="127.0.0.1",
         log_to_driver=False,
     )
-    yield f"http://{context.dashboard_url}"
+    address = f"http://{context.dashboard_url}"
+    _wait_for_job_agent(address)
+    yield address
     ray.shutdown()
 
 
@@ -60,3 +62,26 @@ def s3_endpoint() -> Iterator[str]:
         else:
             os.environ[key] = value
     server.stop()
+
+
+def _wait_for_job_agent(address: str, timeout_s: float = 90.0) -> None:
+    """The job server accepts submissions only once the head's agent has registered; until then
+    it answers "No available agent to submit job". Submit a no-op job until one runs."""
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the no-op readiness job did not finish on {address}")
+        time.sleep(0.5)
