@@ -1,0 +1,128 @@
+"""Typed configuration of every registered model: one keyword-only dataclass per model.
+
+Required fields (the label's class count and the original's channels) have no default; the rest
+are the paper's sizes (MODEL.md), which the registry's `*_test` variants shrink for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.loss import LIKELIHOODS
+
+LOCATORS = ("mlp", "heatmap")
+
+
+def _check_positive(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be >= 1, got {value}")
+
+
+def _check_blocks(config: object, blocks: tuple[int, ...]) -> None:
+    if not blocks or min(blocks) < 1:
+        raise ValueError(f"{type(config).__name__}: blocks per stage must be >= 1, got {blocks}")
+
+
+@dataclass(kw_only=True)
+class SaccaderConfig:
+    """The variational saccader (MODEL.md, "Networks")."""
+
+    num_classes: int  # K: classes of the label
+    in_channels: int  # channels of the original image, hence of the glimpses
+    proxy_channels: int | None = None  # channels of the proxy x̃; None: the same as in_channels
+    latent: int = 256  # L: width of the LSTM core, the encoders' outputs and the MLPs
+    glimpses: int = 4  # T: glimpses per image (6 in the paper's StarCraft II runs)
+    window: int = 64  # W: side of the square glimpse window, in pixels
+    min_image_fraction: float = 0.05  # smallest box side, a fraction of the shorter image side
+    max_image_fraction: float = 0.3  # largest box side (the reference's max-image-percentage)
+    proxy_size: int = 64  # the proxy is resized to this square side for the encoder and decoder
+    feed_glimpse: bool = False  # also feed g_t into the LSTM (the reference does not: False)
+    encoder_width: int = 32  # channels of the first stage of the proxy and glimpse ResNets
+    encoder_blocks: tuple[int, ...] = (1, 1, 1, 1)  # basic blocks per stage (each stage halves)
+    likelihood: str = "bernoulli"  # proxy decoder: "bernoulli" for [0, 1] images, or "gaussian"
+    init_noise: float = 0.01  # σ of the Gaussian noise on the LSTM's initial state in training
+    posterior_logvar_init: float = -6.0  # initial log σ² of q(z): small, so glimpses start sharp
+    # Where the box centre comes from: "mlp", the paper's Gaussian posterior on [f, h̄]; or
+    # "heatmap", a categorical posterior over a grid of proxy cells scored by a small conv net
+    # on the proxy (translation-equivariant) against a query from h̄ (model/saccader.py).
+    locator: str = "mlp"
+    heatmap_stride: int = 4  # heatmap: proxy pixels per grid cell (the conv net's total stride)
+    inhibit_return: bool = False  # heatmap: cells inside earlier boxes get no mass (next glimpse)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_classes", "in_channels", "latent", "glimpses", "window")
+        _check_positive(self, "proxy_size", "encoder_width")
+        _check_blocks(self, self.encoder_blocks)
+        if self.proxy_channels is None:
+            self.proxy_channels = self.in_channels
+        _check_positive(self, "proxy_channels")
+        if not 0 < self.min_image_fraction <= self.max_image_fraction <= 1:
+            raise ValueError(
+                "need 0 < min_image_fraction <= max_image_fraction <= 1, got "
+                f"{self.min_image_fraction} and {self.max_image_fraction}"
+            )
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; use one of {LIKELIHOODS}")
+        if self.init_noise < 0:
+            raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
+        if self.locator not in LOCATORS:
+            raise ValueError(f"unknown locator {self.locator!r}; use one of {LOCATORS}")
+        if self.heatmap_stride not in (1, 2, 4, 8) or self.heatmap_stride > self.proxy_size:
+            raise ValueError(
+                f"heatmap_stride must be 1, 2, 4 or 8 and at most proxy_size ({self.proxy_size}), "
+                f"got {self.heatmap_stride}"
+            )
+
+
+@dataclass(kw_only=True)
+class ResNetConfig:
+    """The baselines' ResNet-18 (MODEL.md, "Baselines"); width and blocks shrink it for tests."""
+
+    num_classes: int  # K: classes of the label
+    in_channels: int  # channels of the original image
+    width: int = 64  # channels of the first stage (ResNet-18: 64)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage (ResNet-18: 2, 2, 2, 2)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_classes", "in_channels", "width")
+        _check_blocks(self, self.blocks)
+
+
+@dataclass(kw_only=True)
+class ResizeConfig(ResNetConfig):
+    """Baseline (a): the whole original resized to image_size × image_size (detail is lost)."""
+
+    image_size: int = 224  # side the original is resized to
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "image_size")
+
+
+@dataclass(kw_only=True)
+class PatchesConfig(ResNetConfig):
+    """Baseline (b): every pixel, through patch_size² patches whose features are summed."""
+
+    patch_size: int = 224  # side of the square patches (zero-padded past the image)
+    patches_per_chunk: int = 16  # patches per forward pass; bounds the activation memory
+    checkpoint: bool = True  # gradient checkpointing per chunk in training (never at inference)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive(self, "patch_size", "patches_per_chunk")
+
+
+@dataclass(kw_only=True)
+class ProxyOnlyConfig(ResNetConfig):
+    """Proxy-only baseline: the same ResNet on the proxy alone (what the proxy cannot tell)."""
+
+    proxy_channels: int | None = None  # channels of the proxy; None: the same as in_channels
+    proxy_size: int = 64  # the proxy is resized to this square side
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.proxy_channels is None:
+            self.proxy_channels = self.in_channels
+        _check_positive(self, "proxy_channels", "proxy_size")

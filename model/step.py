@@ -1,0 +1,91 @@
+"""One training step and one evaluation step, in plain PyTorch (no Ray, no ranks): the Ray Train
+loop in `jobs/` calls these on each worker's batches.
+
+Shape legend: B batch, T glimpses, N objects, 4 = a normalised box (y0, x0, y1, x1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.glimpse import centred_boxes
+from model.interface import Batch, BatchClassifier
+from model.loss import LossParts, ObjectiveConfig
+
+
+class LossModule(nn.Module):
+    """A classifier whose forward is its training loss: the shape data-parallel wrappers (DDP)
+    need, since they synchronise gradients only for what runs through forward."""
+
+    def __init__(self, classifier: BatchClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
+        return self.classifier.loss(batch, objective)
+
+
+def train_step(
+    model: BatchClassifier | nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    objective: ObjectiveConfig,
+    *,
+    clip_value: float | None = 0.25,
+) -> dict[str, float]:
+    """One optimiser step on `batch`; returns the loss parts and the accuracy as floats.
+
+    Gradients are clipped by value (the paper's 0.25); `clip_value=None` turns clipping off.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    # A bare classifier is called through .loss; a LossModule (possibly inside DDP) through
+    # forward, which is what lets DDP synchronise the gradients.
+    parts = (
+        model.loss(batch, objective)
+        if isinstance(model, BatchClassifier)
+        else model(batch, objective)
+    )
+    parts.total.backward()
+    if clip_value is not None:
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip_value)
+    optimizer.step()
+    return parts.as_floats()
+
+
+def eval_step(model: BatchClassifier, batch: Batch) -> dict[str, Any]:
+    """Evaluate `batch` in eval mode (deterministic): cross-entropy, accuracy, the prediction,
+    and — when the model returns boxes and the batch has object boxes — the glimpse hit-rate
+    beside that of centred boxes of the same sizes (the honest yardstick, MODEL.md)."""
+    model.eval()
+    prediction = model.predict(batch)
+    out: dict[str, Any] = {
+        "ce": float(F.cross_entropy(prediction.logits_BK, batch.labels_B)),
+        "accuracy": float((prediction.labels_B == batch.labels_B).float().mean()),
+        "prediction": prediction,
+    }
+    if prediction.boxes_BT4 is not None and batch.gt_boxes is not None:
+        boxes_BT4 = prediction.boxes_BT4
+        out["hit_rate"] = hit_rate(boxes_BT4, batch.gt_boxes)
+        centred_BT4 = centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4)
+        out["centred_hit_rate"] = hit_rate(centred_BT4, batch.gt_boxes)
+    return out
+
+
+def hit_rate(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:
+    """Share of glimpses whose box contains the centre of at least one of its image's objects."""
+    hits = []
+    for boxes_T4, objects_N4 in zip(boxes_BT4, gt_boxes, strict=True):
+        if objects_N4.numel() == 0:
+            hits.append(torch.zeros(boxes_T4.shape[0], dtype=torch.bool, device=boxes_T4.device))
+            continue
+        cy_N = (objects_N4[:, 0] + objects_N4[:, 2]) / 2
+        cx_N = (objects_N4[:, 1] + objects_N4[:, 3]) / 2
+        y0, x0, y1, x1 = (boxes_T4[:, i : i + 1] for i in range(4))  # each T×1
+        inside_TN = (y0 <= cy_N) & (cy_N < y1) & (x0 <= cx_N) & (cx_N < x1)
+        hits.append(inside_TN.any(dim=1))
+    return float(torch.cat(hits).float().mean())
