@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "images/s of building each synthetic source; photo tiling against its floor",
     "region": "region-read latency of a glimpse against decoding the whole image",
     "inference": "saccader inference against the full-image baseline",
+    "localize": "saccader hit-rate and accuracy on cluttered MNIST vs centred boxes, baselines",
     "dslr": "DSLR photo ingest (real stage and Ray Data build) against its decode + encode floor",
 }
 

@@ -39,12 +39,19 @@ _TINY_RESNET = {"width": 4, "blocks": (1, 1, 1, 1)}
 _REGISTRY: dict[str, Variant] = {
     "saccader": Variant(Saccader, SaccaderConfig, {}),
     "saccader_feed_glimpse": Variant(Saccader, SaccaderConfig, {"feed_glimpse": True}),
+    # the locator that learned where to look on a CPU (BENCHMARKS.md, "Localization (issue 7)")
+    "saccader_heatmap": Variant(Saccader, SaccaderConfig, {"locator": "heatmap"}),
     "resnet18_resize224": Variant(ResizeBaseline, ResizeConfig, {}),
     "resnet18_patches": Variant(PatchesBaseline, PatchesConfig, {}),
     "proxy_only": Variant(ProxyOnlyBaseline, ProxyOnlyConfig, {}),
     "saccader_test": Variant(Saccader, SaccaderConfig, _TINY_SACCADER),
     "saccader_feed_glimpse_test": Variant(
         Saccader, SaccaderConfig, {**_TINY_SACCADER, "feed_glimpse": True}
+    ),
+    "saccader_heatmap_test": Variant(
+        Saccader,
+        SaccaderConfig,
+        {**_TINY_SACCADER, "locator": "heatmap", "heatmap_stride": 2, "inhibit_return": True},
     ),
     "resnet18_resize224_test": Variant(
         ResizeBaseline, ResizeConfig, {**_TINY_RESNET, "image_size": 32}

@@ -2,7 +2,8 @@
 
 Per glimpse t: locate (posterior q(z_t | x̃, h_{t−1}) and learned prior p(z_t | h_{t−1}) over
 z = (scale, x, y); with `locator="heatmap"` the centre (x, y) is instead a cell of a grid over the
-proxy, drawn from a categorical posterior scored by a conv net on the proxy, see `HeatmapLocator`) → glimpse (the box of z_t read from the original through a region reader) →
+proxy, drawn from a categorical posterior scored by a conv net on the proxy, see `HeatmapLocator`)
+→ glimpse (the box of z_t read from the original through a region reader) →
 classify (a_t from [h̄_{t−1}, g_t]); the LSTM core then steps on [f, φ_z(z_t)] (+ g_t when
 `feed_glimpse`). The logits come from the mean of the a_t; a proxy decoder on [φ_z(z_t), h̄_{t−1}]
 reconstructs the proxy (the VAE half).
@@ -16,16 +17,14 @@ H height, W width (proxy side P), N glimpse window side, 3 = z = (scale, x, y),
 # ruff: noqa: N815
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import SaccaderConfig
-import math
-
-import torch.nn.functional as F
-
 from model.glimpse import RegionReader, centre_to_boxes, latent_to_boxes, read_glimpses
 from model.interface import Batch, BatchClassifier, Prediction
 from model.layers import SmallResNet, mlp, resize_square

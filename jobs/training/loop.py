@@ -45,6 +45,7 @@ def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
         kl_weight=cfg.kl_weight,
         recon_weight=cfg.recon_weight,
         aux_weight=cfg.aux_weight,
+        score_weight=cfg.score_weight,
     )
 
 
