@@ -174,7 +174,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = Tracker(loop_config["run_id"], enabled=rank == 0, uri=loop_config["tracking_uri"])
     pictures = loop_config.get("picture_rows")
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
+    final_sides = _box_sides(model)
     for epoch in range(done + 1, cfg.epochs + 1):
+        _box_curriculum(model, cfg, epoch, final_sides)
         metrics = _train_epoch(module, optimizer, scheduler, cfg, epoch, device)
         state = None
         if rank == 0:
@@ -197,6 +199,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:  # reaches the driver's log (and `ray job logs`)
             print(_progress_line(epoch, cfg.epochs, metrics), flush=True)
         _report(metrics, state)
+
+
+def _box_sides(model: BatchClassifier) -> tuple[float, float] | None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "max_image_fraction"):
+        return None  # not a saccader: no boxes
+    return config.min_image_fraction, config.max_image_fraction
+
+
+def _box_curriculum(
+    model: BatchClassifier, cfg: TrainConfig, epoch: int, final: tuple[float, float] | None
+) -> None:
+    """Large boxes first (the classifier learns the digits from glimpses that usually hold one),
+    shrinking linearly to the model's sides, which hold from epoch `curriculum_epochs + 1` on.
+    A function of the epoch alone, so a resumed run continues the same schedule."""
+    if final is None or cfg.curriculum_epochs == 0:
+        return
+    done = min(1.0, (epoch - 1) / cfg.curriculum_epochs)
+    start = max(cfg.curriculum_start, final[1])
+    lo, hi = (start + done * (side - start) for side in final)
+    model.config.min_image_fraction, model.config.max_image_fraction = lo, hi
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:

@@ -122,3 +122,26 @@ def test_unknown_model_setting_cli(tmp_path: Path) -> None:
     dataset = _tiny_version(tmp_path)
     result = _train("--recipe", "tiny_cpu", "--dataset", dataset, "--set", "model_cfg.wings=2")
     _assert_clear_failure(result, "unknown saccader_test settings ['wings']")
+
+
+def test_box_curriculum_shrinks_to_the_model_sides() -> None:
+    from jobs.training.loop import _box_curriculum, _box_sides
+    from model.registry import create_model
+
+    model = create_model(
+        "saccader_test",
+        num_classes=3,
+        in_channels=1,
+        min_image_fraction=0.2,
+        max_image_fraction=0.3,
+    )
+    final = _box_sides(model)
+    config = make_recipe("tiny_cpu", "d", {"curriculum_epochs": "4", "curriculum_start": "0.6"})
+    sides = []
+    for epoch in range(1, 7):
+        _box_curriculum(model, config, epoch, final)
+        sides.append((model.config.min_image_fraction, model.config.max_image_fraction))
+    assert sides[0] == pytest.approx((0.6, 0.6))
+    assert sides[2] == pytest.approx((0.4, 0.45))  # halfway
+    assert sides[4] == pytest.approx((0.2, 0.3)) and sides[5] == pytest.approx((0.2, 0.3))
+    assert _box_sides(create_model("proxy_only_test", num_classes=3, in_channels=1)) is None
