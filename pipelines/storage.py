@@ -6,6 +6,7 @@ Layout of a dataset root (a local path or ``s3://bucket/prefix``)::
     <root>/<version>/split=<split>/part-*.parquet
     <root>/<version>/rejects/part-*.parquet
     <root>/_staging/<version>-<token>/       where a build writes before it is published
+    <root>/latest.json                      {"version": ...}: moved only after a publish succeeded
 
 S3 endpoint, credentials and region come from the standard AWS environment/config (for a local
 S3-compatible server: ``AWS_ENDPOINT_URL``); they are never logged.
@@ -36,6 +37,7 @@ from pipelines.schema import (
 )
 
 MANIFEST = "manifest.json"
+LATEST = "latest.json"
 STAGING = "_staging"
 REJECTS_DIR = "rejects"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -88,6 +90,63 @@ def next_version(root_url: str) -> str:
     """``v0001``, ``v0002``, ... after the highest numbered published version."""
     numbers = [int(v[1:]) for v in list_versions(root_url) if re.fullmatch(r"v\d+", v)]
     return f"v{max(numbers, default=0) + 1:04d}"
+
+
+def read_latest(root_url: str) -> dict[str, Any] | None:
+    """The ``latest`` pointer of a dataset root (``{"version": ..., ...}``), or None if unset."""
+    fs, root = filesystem(root_url)
+    path = join(root, LATEST)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        pointer = json.load(f)
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+        raise StorageError(f"{root_url.rstrip('/')}/{LATEST} is not a version pointer: {pointer!r}")
+    return pointer
+
+
+def write_latest(root_url: str, pointer: dict[str, Any]) -> None:
+    """Point ``latest`` at a published version (atomic: a rename locally, one PUT on S3).
+
+    Refuses a version without a manifest, so the pointer never names an unpublished version.
+    """
+    version = pointer.get("version")
+    fs, root = filesystem(root_url)
+    if not isinstance(version, str) or not fs.exists(join(root, version, MANIFEST)):
+        raise StorageError(f"cannot point latest at {version!r}: not a published version")
+    write_json(fs, join(root, LATEST), pointer)
+
+
+def resolve_version(url: str) -> str:
+    """A version URL as given, or, for a dataset root, the version its ``latest`` names."""
+    fs, path = filesystem(url)
+    if fs.exists(join(path, MANIFEST)):
+        return url
+    pointer = read_latest(url)
+    return f"{url.rstrip('/')}/{pointer['version']}" if pointer else url
+
+
+def _version_order(name: str) -> tuple[int, str]:
+    match = re.fullmatch(r"v(\d+)", name)
+    return (int(match.group(1)), "") if match else (-1, name)
+
+
+def prune_versions(root_url: str, *, keep: int, protect: set[str] | None = None) -> list[str]:
+    """Delete the oldest published versions beyond the newest ``keep``; never one in ``protect``.
+
+    The manifest goes first, so a reader never opens a half-deleted version. Returns the deleted
+    version names (oldest first). Versions are ordered by number (``v9`` before ``v10``), then
+    by name.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    fs, root = filesystem(root_url)
+    versions = sorted(list_versions(root_url), key=_version_order)
+    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v not in (protect or set())]
+    for version in doomed:
+        fs.rm(join(root, version, MANIFEST))
+        fs.rm(join(root, version), recursive=True)
+    return doomed
 
 
 @dataclass

@@ -71,7 +71,13 @@ def assess(
     """Accuracy (overall and per class), localisation, latency and peak memory, logged as a run
     of the evaluations experiment tagged with the model and the dataset version."""
     version = open_dataset(dataset)
-    model, _ = load_classifier(model_uri)
+    model_tags = _model_tags(model_uri)  # before loading: an alias could move meanwhile
+    model_uri_loaded = (
+        f"models:/{model_tags['model.name']}/{model_tags['model.version']}"
+        if model_tags
+        else model_uri
+    )
+    model, _ = load_classifier(model_uri_loaded)
     with PeakRss() as memory:
         result: EvalResult = evaluate(
             model, _batches(version, split, batch_size), int(version.manifest["num_classes"])
@@ -84,7 +90,7 @@ def assess(
     per_class = {
         names[k] if k < len(names) else str(k): v for k, v in result.per_class_accuracy().items()
     }
-    run_id = _log(model_uri, version, split, metrics, per_class, tags or {})
+    run_id = _log(model_uri, version, split, metrics, per_class, {**model_tags, **(tags or {})})
     return Assessment(
         model_uri=model_uri,
         dataset=dataset,
@@ -120,3 +126,17 @@ def _log(
         mlflow.log_metrics(metrics)
         mlflow.log_dict(per_class, f"{split}_per_class_accuracy.json")
     return run.info.run_id
+
+
+def _model_tags(model_uri: str) -> dict[str, str]:
+    """``model.name`` and ``model.version`` of a registry URI (an alias resolved to its version
+    now), so that promotion finds a version's recorded evaluations whatever URI evaluated it."""
+    from jobs.ops.registry import resolve
+
+    if not model_uri.startswith("models:/"):
+        return {}
+    try:
+        ref = resolve(model_uri)
+    except ValueError:  # another URI form, or no such version: loading it names the problem
+        return {}
+    return {"model.name": ref.name, "model.version": ref.version}

@@ -1,0 +1,1 @@
+"""Operating the system: regeneration, promotion and batch prediction (libraries of the jobs)."""
