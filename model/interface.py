@@ -4,8 +4,6 @@ Shape legend: B batch, C channels, H height, W width, K classes, T glimpses, N o
 4 = a normalised box (y0, x0, y1, x1) in fractions of the image's height and width.
 """
 
-# House style (STYLE.md): shape-suffixed field names (`proxy_BCHW`).
-# ruff: noqa: N815
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

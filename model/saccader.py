@@ -13,8 +13,6 @@ H height, W width (proxy side P), N glimpse window side, 3 = z = (scale, x, y),
 4 = a normalised box (y0, x0, y1, x1), G = grid cells of the heat-map locator.
 """
 
-# House style (STYLE.md): shape-suffixed field names (`proxy_BCHW`).
-# ruff: noqa: N815
 from __future__ import annotations
 
 import math

@@ -8,8 +8,6 @@ canvases for the same epochs, and its glimpses with centred boxes of the same si
 Shape legend: B batch, T glimpses, C channels, H height, W width, N objects, 4 = a normalised box.
 """
 
-# House style (STYLE.md): shape-suffixed field names (`proxy_BCHW`).
-# ruff: noqa: N815
 from __future__ import annotations
 
 import argparse
