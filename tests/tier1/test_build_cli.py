@@ -3,42 +3,23 @@ and leaves no version visible. These fail in the preflight, before Ray starts.""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import assert_clear_failure, run_job
 
 from pipelines.build import BuildConfig
 from pipelines.storage import Staging, list_versions
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def _build(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.build_dataset", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _assert_clear_failure(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.stderr
-    assert message in last
-    assert "Traceback" not in result.stderr
+    return run_job("jobs.build_dataset", *args)
 
 
 def test_unknown_source(tmp_path: Path) -> None:
     result = _build("--source", "imagenet", "--out", str(tmp_path))
-    _assert_clear_failure(result, "unknown source 'imagenet'; use one of ['cluttered_mnist'")
+    assert_clear_failure(result, "unknown source 'imagenet'; use one of ['cluttered_mnist'")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -54,7 +35,7 @@ def test_unknown_source(tmp_path: Path) -> None:
 )
 def test_impossible_parameters(tmp_path: Path, setting: str, message: str) -> None:
     result = _build("--source", "cluttered_mnist", "--out", str(tmp_path), "--set", setting)
-    _assert_clear_failure(result, message)
+    assert_clear_failure(result, message)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -62,14 +43,14 @@ def test_megapixel_canvas_too_small(tmp_path: Path) -> None:
     result = _build(
         "--source", "megapixel_mnist", "--out", str(tmp_path), "--set", "canvas_size=60"
     )
-    _assert_clear_failure(result, "MegapixelMnistConfig")
+    assert_clear_failure(result, "MegapixelMnistConfig")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_version(tmp_path: Path) -> None:
     Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1, "marker": True})
     result = _build("--source", "cluttered_mnist", "--out", str(tmp_path), "--version", "v0001")
-    _assert_clear_failure(result, "v0001 already exists (published)")
+    assert_clear_failure(result, "v0001 already exists (published)")
     assert (tmp_path / "v0001" / "manifest.json").read_text().count("marker") == 1
 
 
@@ -77,7 +58,7 @@ def test_unwritable_output(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = _build("--source", "cluttered_mnist", "--out", str(blocker / "data"))
-    _assert_clear_failure(result, "cannot write under")
+    assert_clear_failure(result, "cannot write under")
 
 
 def test_missing_idx_files(tmp_path: Path) -> None:
@@ -89,7 +70,7 @@ def test_missing_idx_files(tmp_path: Path) -> None:
         "--mnist-idx",
         str(tmp_path / "no-such-dir"),
     )
-    _assert_clear_failure(result, "MNIST IDX directory")
+    assert_clear_failure(result, "MNIST IDX directory")
     assert not (tmp_path / "out").exists() or list_versions(str(tmp_path / "out")) == []
 
 

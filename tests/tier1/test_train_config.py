@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import assert_clear_failure, run_job
 
 from jobs.training.recipes import RECIPES, TrainConfig, make_recipe
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import Staging, write_parquet
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def _train(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.train", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _assert_clear_failure(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
-    assert "Started a local Ray instance" not in result.stderr  # failed before Ray
+    return run_job("jobs.train", *args)
 
 
 def test_every_recipe_builds_a_valid_config() -> None:
@@ -74,12 +57,12 @@ def test_bad_overrides(overrides: dict[str, str], message: str) -> None:
 
 
 def test_unknown_recipe_cli() -> None:
-    _assert_clear_failure(_train("--recipe", "huge", "--dataset", "x"), "unknown recipe 'huge'")
+    assert_clear_failure(_train("--recipe", "huge", "--dataset", "x"), "unknown recipe 'huge'")
 
 
 def test_missing_dataset_version_cli(tmp_path: Path) -> None:
     result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0009"))
-    _assert_clear_failure(result, "no published dataset version")
+    assert_clear_failure(result, "no published dataset version")
 
 
 def test_schema_mismatch_cli(tmp_path: Path) -> None:
@@ -91,7 +74,7 @@ def test_schema_mismatch_cli(tmp_path: Path) -> None:
     )
     staging.publish({"schema_version": 1, "num_classes": 55, "class_names": []})
     result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0001"))
-    _assert_clear_failure(result, "column 'proxy' is missing")
+    assert_clear_failure(result, "column 'proxy' is missing")
 
 
 def _tiny_version(root: Path) -> str:
@@ -121,7 +104,7 @@ def _tiny_version(root: Path) -> str:
 def test_unknown_model_setting_cli(tmp_path: Path) -> None:
     dataset = _tiny_version(tmp_path)
     result = _train("--recipe", "tiny_cpu", "--dataset", dataset, "--set", "model_cfg.wings=2")
-    _assert_clear_failure(result, "unknown saccader_test settings ['wings']")
+    assert_clear_failure(result, "unknown saccader_test settings ['wings']")
 
 
 def test_box_curriculum_shrinks_to_the_model_sides() -> None:
