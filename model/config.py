@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from model.loss import LIKELIHOODS
 
 LOCATORS = ("mlp", "heatmap")
+POOLED_LEVELS = (1, 2, 4, 8, 16)  # 1: never read a pooled level; else pipelines.pyramid's factors
 
 
 def _check_positive(config: object, *names: str) -> None:
@@ -50,6 +51,9 @@ class SaccaderConfig:
     locator: str = "mlp"
     heatmap_stride: int = 4  # heatmap: proxy pixels per grid cell (the conv net's total stride)
     inhibit_return: bool = False  # heatmap: cells inside earlier boxes get no mass (next glimpse)
+    # Boxes at least this many windows wide are pooled by a multiple of it and read from the
+    # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
+    pooled_level: int = 8
 
     def __post_init__(self) -> None:
         _check_positive(self, "num_classes", "in_channels", "latent", "glimpses", "window")
@@ -69,6 +73,10 @@ class SaccaderConfig:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
         if self.locator not in LOCATORS:
             raise ValueError(f"unknown locator {self.locator!r}; use one of {LOCATORS}")
+        if self.pooled_level not in POOLED_LEVELS:
+            raise ValueError(
+                f"pooled_level must be one of {POOLED_LEVELS}, got {self.pooled_level}"
+            )
         if self.heatmap_stride not in (1, 2, 4, 8) or self.heatmap_stride > self.proxy_size:
             raise ValueError(
                 f"heatmap_stride must be 1, 2, 4 or 8 and at most proxy_size ({self.proxy_size}), "

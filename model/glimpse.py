@@ -18,11 +18,18 @@ spatial-transformer gradient. When the box is k ≥ 2 times the window, both pat
 the image by k (pooling cells aligned to multiples of k, pixels past the image counting as zeros),
 so a large box is not sampled with gaps (aliasing). The batch's pooled regions are zero-padded at
 the bottom and right to one size (no bilinear tap reaches the padding) and sampled in one call.
+
+Pooled level. With `level` L > 1 (a power of two), a box with k ≥ L is pooled by L·⌊k/L⌋ instead,
+in two steps: the image's ×L level — defined in integers as the stored level of
+`pipelines/pyramid.py` (pixels on the 1/255 grid, zero-padded L×L cells, sum rounded half up) —
+then a float average by ⌊k/L⌋. A reader serves the level region directly (`read_regions(...,
+level=L)`): stored datasets decode a few small level tiles instead of the full-resolution region.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -37,12 +44,12 @@ class RegionReader(Protocol):
         """(H, W) of each batch element."""
         ...
 
-    def read_regions(self, boxes_B4: torch.Tensor) -> list[torch.Tensor]:
-        """Read box b of image b.
+    def read_regions(self, boxes_B4: torch.Tensor, *, level: int = 1) -> list[torch.Tensor]:
+        """Read box b of image b, from the image's ×`level` pooled level (1: the image itself).
 
-        boxes_B4: int64 [y0, x0, y1, x1], half-open pixel ranges, may extend outside the image
-        (outside pixels are zeros). Returns one float32 C×(y1−y0)×(x1−x0) tensor in [0, 1] per
-        element.
+        boxes_B4: int64 [y0, x0, y1, x1], half-open ranges of the level's pixels, may extend
+        outside it (outside pixels are zeros). Returns one float32 C×(y1−y0)×(x1−x0) tensor in
+        [0, 1] per element.
         """
         ...
 
@@ -64,16 +71,34 @@ class TensorRegionReader:
         _, _, H, W = self.images_BCHW.shape
         return [(H, W)] * self.images_BCHW.shape[0]
 
-    def read_regions(self, boxes_B4: torch.Tensor) -> list[torch.Tensor]:
+    def read_regions(self, boxes_B4: torch.Tensor, *, level: int = 1) -> list[torch.Tensor]:
         _, C, H, W = self.images_BCHW.shape
         regions = []
-        for image_CHW, (y0, x0, y1, x1) in zip(self.images_BCHW, boxes_B4.tolist(), strict=True):
+        for image_CHW, box in zip(self.images_BCHW, boxes_B4.tolist(), strict=True):
+            y0, x0, y1, x1 = (v * level for v in box)  # the level's cells, in image pixels
             region_CHW = image_CHW.new_zeros(C, y1 - y0, x1 - x0)
             ys, ye, xs, xe = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
             if ys < ye and xs < xe:
                 region_CHW[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = image_CHW[:, ys:ye, xs:xe]
-            regions.append(region_CHW)
+            regions.append(pool_level(region_CHW, level) if level > 1 else region_CHW)
         return regions
+
+
+def pool_level(image_CHW: torch.Tensor, level: int) -> torch.Tensor:
+    """The ×`level` pooled level of a [0, 1] image, as `pipelines/pyramid.py` defines and stores it.
+
+    Pixels are taken to the 1/255 grid, cells zero-padded, and each cell's integer sum rounded
+    half up: the sums stay below 2^24, so float32 computes them exactly and every reader (stored
+    level, level computed from tiles, this) gives the same numbers.
+    """
+    C, H, W = image_CHW.shape
+    if H == 0 or W == 0:
+        return image_CHW.new_zeros(C, -(-H // level), -(-W // level))
+    padded = F.pad(image_CHW, (0, -W % level, 0, -H % level))
+    counts = torch.round(padded * 255).unsqueeze(0)
+    sums = F.avg_pool2d(counts, level, divisor_override=1).squeeze(0)
+    cells = level * level
+    return torch.floor((sums + cells // 2) / cells) / 255
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,55 +235,87 @@ def _pad_stack(sources: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([F.pad(s, (0, W - s.shape[2], 0, H - s.shape[1])) for s in sources])
 
 
+@dataclass(frozen=True)
+class _Read:
+    """How one glimpse is read: pool by k = level · m; the region in the level's pixels."""
+
+    k: int  # total pooling factor
+    level: int  # read from the image's ×level pooled level (1: the image)
+    region: tuple[int, int, int, int]  # support region in k-cells (pooled pixels)
+
+    @property
+    def m(self) -> int:
+        """The float average applied after reading the level."""
+        return self.k // self.level
+
+    def level_box(self) -> list[int]:
+        """The region in the level's pixels: whole k-cells."""
+        return [v * self.m for v in self.region]
+
+
+def plan_read(box_px: list[float], window: int, level: int) -> _Read:
+    """The pooling factor, level and support region of a glimpse of `box_px` (original pixels)."""
+    k = pooling_factor(box_px, window)
+    read_level = level if 1 < level <= k else 1
+    k = read_level * (k // read_level)
+    return _Read(k=k, level=read_level, region=support_region(box_px, k))
+
+
 def _read_pooled(
-    reader: RegionReader, regions_px: list[list[int]], ks: list[int], *, like: torch.Tensor
+    reader: RegionReader, reads: list[_Read], *, like: torch.Tensor
 ) -> list[torch.Tensor]:
     """Each element's region, k-pooled, on `like`'s device and in its dtype.
 
-    The small regions (k = 1, at most 2N + 2 px a side) are read in one call; each pooled one
-    (k ≥ 2) in a call of its own and pooled at once, so memory holds one full-resolution region
-    rather than B of them. The other elements of such a call get empty boxes.
+    Small regions (at most 2N + 2 level pixels a side: k = 1, or read from a level with k = level)
+    are read in one call per level; each other one in a call of its own and pooled at once, so
+    memory holds one large region rather than B of them. The other elements of a call get empty
+    boxes.
     """
-    B = len(ks)
-    small = [b for b in range(B) if ks[b] == 1]
-    groups = ([small] if small else []) + [[b] for b in range(B) if ks[b] > 1]
+    B = len(reads)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, read in enumerate(reads):
+        groups.setdefault((read.level, b if read.m > 1 else -1), []).append(b)
     sources: list[torch.Tensor] = [like.new_empty(0)] * B
-    for group in groups:
-        boxes_px = [regions_px[b] if b in group else [0, 0, 0, 0] for b in range(B)]
-        regions = reader.read_regions(torch.tensor(boxes_px, dtype=torch.int64))
+    for (level, _), group in groups.items():
+        boxes_px = [reads[b].level_box() if b in group else [0, 0, 0, 0] for b in range(B)]
+        boxes_B4 = torch.tensor(boxes_px, dtype=torch.int64)
+        # level 1 keeps the plain call, so readers without pooled levels work unchanged
+        regions = (
+            reader.read_regions(boxes_B4, level=level)
+            if level > 1
+            else reader.read_regions(boxes_B4)
+        )
         for b in group:
             region_CHW = regions[b].to(device=like.device, dtype=like.dtype)
-            sources[b] = F.avg_pool2d(region_CHW, ks[b]) if ks[b] > 1 else region_CHW
+            m = reads[b].m
+            sources[b] = F.avg_pool2d(region_CHW, m) if m > 1 else region_CHW
         del regions, region_CHW  # before the next read, not after it
     return sources
 
 
-def read_glimpses(reader: RegionReader, boxes_B4: torch.Tensor, window: int) -> torch.Tensor:
+def read_glimpses(
+    reader: RegionReader, boxes_B4: torch.Tensor, window: int, *, level: int = 1
+) -> torch.Tensor:
     """B×C×N×N glimpses of normalised boxes, reading only each box's region through `reader`.
 
+    `level` > 1: boxes pooled by k ≥ level read the reader's ×level pooled level (module doc).
     The glimpses are on `boxes_B4`'s device and in its dtype; gradients flow to the boxes.
     """
     box_px_B4 = _pixel_boxes(boxes_B4, reader.image_sizes())
-    ks, origins, regions_px = [], [], []
-    for box_px in box_px_B4.detach().tolist():
-        k = pooling_factor(box_px, window)
-        region = support_region(box_px, k)
-        ks.append(k)
-        origins.append(region[:2])
-        regions_px.append([v * k for v in region])  # whole pooling cells, in original pixels
-    sources = _read_pooled(reader, regions_px, ks, like=boxes_B4)
+    reads = [plan_read(box_px, window, level) for box_px in box_px_B4.detach().tolist()]
+    sources = _read_pooled(reader, reads, like=boxes_B4)
     as_tensor = {"dtype": torch.float64, "device": boxes_B4.device}
     return _sample(
         _pad_stack(sources),
         box_px_B4,
-        k_B=torch.tensor(ks, **as_tensor),
-        origin_B2=torch.tensor(origins, **as_tensor),
+        k_B=torch.tensor([r.k for r in reads], **as_tensor),
+        origin_B2=torch.tensor([r.region[:2] for r in reads], **as_tensor),
         window=window,
     )
 
 
 def full_image_glimpse(
-    images_BCHW: torch.Tensor, boxes_B4: torch.Tensor, window: int
+    images_BCHW: torch.Tensor, boxes_B4: torch.Tensor, window: int, *, level: int = 1
 ) -> torch.Tensor:
     """Reference glimpses: the same sampling as `read_glimpses`, over the whole images."""
     _, _, H, W = images_BCHW.shape
@@ -266,11 +323,16 @@ def full_image_glimpse(
     as_tensor = {"dtype": torch.float64, "device": boxes_B4.device}
     glimpses = []
     for image_CHW, box_px_4 in zip(images_BCHW, box_px_B4, strict=True):
-        k = pooling_factor(box_px_4.tolist(), window)
-        source_1CHW = image_CHW.to(boxes_B4.dtype).unsqueeze(0)
-        if k > 1:
+        read = plan_read(box_px_4.tolist(), window, level)
+        k = read.k
+        source_CHW = image_CHW.to(boxes_B4.dtype)
+        if read.level > 1:
+            source_CHW = pool_level(source_CHW, read.level)
+        if read.m > 1:
             # Pad to whole pooling cells with zeros, as a region reader does past the image.
-            source_1CHW = F.avg_pool2d(F.pad(source_1CHW, (0, -W % k, 0, -H % k)), k)
+            h, w = source_CHW.shape[1:]
+            source_CHW = F.avg_pool2d(F.pad(source_CHW, (0, -w % read.m, 0, -h % read.m)), read.m)
+        source_1CHW = source_CHW.unsqueeze(0)
         k_1 = torch.tensor([k], **as_tensor)
         origin_12 = torch.zeros(1, 2, **as_tensor)
         glimpses.append(

@@ -169,7 +169,9 @@ class Saccader(BatchClassifier):
                 max_fraction=cfg.max_image_fraction,
             )
             # glimpse
-            g_BL = self.glimpse_encoder(read_glimpses(reader, boxes_B4, cfg.window))
+            g_BL = self.glimpse_encoder(
+                read_glimpses(reader, boxes_B4, cfg.window, level=cfg.pooled_level)
+            )
             # classify (this glimpse's share), reconstruct the proxy, step the core
             a.append(self.glimpse_head(torch.cat([h_BL, g_BL], dim=1)))
             e_BL = self.phi_z(where.z_B3)

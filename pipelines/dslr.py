@@ -1,4 +1,4 @@
-"""DSLR photographs from a folder or bucket → schema-v1 rows (source ``dslr``, data set 2).
+"""DSLR photographs from a folder or bucket → schema-v2 rows (source ``dslr``, data set 2).
 
 Inputs (``DslrConfig.input``, any ``pipelines.storage`` URL, so ``s3://`` works):
 - ``<split>/<class>/<file>`` (split = train / val / test; deeper folders belong to their class);
@@ -287,7 +287,7 @@ def tile_files(
 def photo_row(
     data: bytes, item: dict[str, Any], cfg: DslrConfig, tile_size: int, tile_format: str
 ) -> dict[str, Any]:
-    """One file's schema-v1 row; raises PhotoRejectedError (the reason) when it is unusable."""
+    """One file's schema-v2 row; raises PhotoRejectedError (the reason) when it is unusable."""
     mode, source_format, (width, height) = _header(data)
     if width * height > cfg.max_pixels:
         raise PhotoRejectedError(

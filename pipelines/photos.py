@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipelines.codec import CodecError, check_format, tile_grid
+from pipelines.pyramid import LEVEL_FACTOR, pool_pil
 from pipelines.region import TiledImage
 from pipelines.tiling import encode_proxy
 
@@ -34,7 +35,7 @@ class UnreadableImageError(CodecError):
 
 @dataclass(frozen=True)
 class TiledPhoto:
-    """A decoded, oriented and tiled photo: everything the schema-v1 image columns need."""
+    """A decoded, oriented and tiled photo: everything the schema-v2 image columns need."""
 
     height: int  # after EXIF orientation
     width: int
@@ -42,6 +43,7 @@ class TiledPhoto:
     tile_size: int
     tile_format: str
     tiles: list[bytes]  # row-major, edge tiles smaller
+    level_tiles: list[bytes]  # the ×LEVEL_FACTOR pooled level, png tiles (pipelines.pyramid)
     proxy: bytes  # PNG, as pipelines.tiling.encode_proxy writes it
     proxy_height: int
     proxy_width: int
@@ -49,7 +51,7 @@ class TiledPhoto:
     source_format: str  # Pillow's name of the input format, e.g. "JPEG"
 
     def columns(self) -> dict[str, Any]:
-        """The schema-v1 columns this stage owns (the caller adds id, split, label, boxes, meta)."""
+        """The schema-v2 columns this stage owns (the caller adds id, split, label, boxes, meta)."""
         return {
             "height": self.height,
             "width": self.width,
@@ -57,6 +59,8 @@ class TiledPhoto:
             "tile_size": self.tile_size,
             "tile_format": self.tile_format,
             "tiles": self.tiles,
+            "level_factor": LEVEL_FACTOR,
+            "level_tiles": self.level_tiles,
             "proxy": self.proxy,
             "proxy_height": self.proxy_height,
             "proxy_width": self.proxy_width,
@@ -65,7 +69,14 @@ class TiledPhoto:
     def tiled_image(self) -> TiledImage:
         """The tiles as a region-readable image."""
         return TiledImage(
-            self.height, self.width, self.channels, self.tile_size, self.tile_format, self.tiles
+            self.height,
+            self.width,
+            self.channels,
+            self.tile_size,
+            self.tile_format,
+            self.tiles,
+            level_factor=LEVEL_FACTOR,
+            level_tiles=self.level_tiles,
         )
 
 
@@ -131,6 +142,14 @@ def tile_boxes(height: int, width: int, tile_size: int) -> list[tuple[int, int, 
     ]
 
 
+def encode_level(pil: Image.Image, tile_size: int) -> list[bytes]:
+    """The ×LEVEL_FACTOR pooled level's png tiles (``pipelines.tiling.level_columns``' bytes)."""
+    level = pool_pil(pil, LEVEL_FACTOR)
+    return [
+        encode_tile(level, b, "png", 0) for b in tile_boxes(level.size[1], level.size[0], tile_size)
+    ]
+
+
 def tile_encoded_image(
     data: bytes,
     *,
@@ -160,6 +179,7 @@ def tile_encoded_image(
             tiles = list(pool.map(lambda b: encode_tile(pil, b, tile_format, jpeg_quality), boxes))
     else:
         tiles = [encode_tile(pil, b, tile_format, jpeg_quality) for b in boxes]
+    level_tiles = encode_level(pil, tile_size)
     proxy = np.asarray(proxy_image(pil, max_side=proxy_max_side))
     proxy_HWC = proxy[:, :, None] if proxy.ndim == 2 else proxy
     return TiledPhoto(
@@ -169,6 +189,7 @@ def tile_encoded_image(
         tile_size=tile_size,
         tile_format=tile_format,
         tiles=tiles,
+        level_tiles=level_tiles,
         proxy=encode_proxy(proxy_HWC),
         proxy_height=proxy_HWC.shape[0],
         proxy_width=proxy_HWC.shape[1],

@@ -1,8 +1,11 @@
-"""The Parquet contract between pipelines and training: schema version 1.
+"""The Parquet contract between pipelines and training: schema version 2.
 
-One row per image; the image is stored as encoded row-major tiles plus an encoded proxy. The schema
-version travels in the Parquet schema metadata under ``saccade.schema_version`` so that a reader can
-refuse data it does not understand before touching a row.
+One row per image; the image is stored as encoded row-major tiles plus an encoded proxy. Version 2
+adds a pooled level of the original (``level_factor``, ``level_tiles``: the image area-pooled by
+a power of two, png tiles of the same tile size; ``pipelines.pyramid``), from which the model reads
+its large glimpses; version 1 datasets must be rebuilt. The schema version travels in the Parquet
+schema metadata under ``saccade.schema_version`` so that a reader can refuse data it does not
+understand before touching a row.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_VERSION_KEY = b"saccade.schema_version"
 SPLITS = ("train", "val", "test")
 
@@ -40,6 +43,8 @@ IMAGE_SCHEMA = pa.schema(
         ("tile_size", pa.int32()),
         ("tile_format", pa.string()),
         ("tiles", pa.list_(pa.binary())),
+        ("level_factor", pa.int32()),  # the stored level's pooling factor; 0: none stored
+        ("level_tiles", pa.list_(pa.binary())),  # its png tiles, row-major, tile_size each
         ("proxy", pa.binary()),
         ("proxy_height", pa.int32()),
         ("proxy_width", pa.int32()),

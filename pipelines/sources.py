@@ -4,7 +4,7 @@ Two kinds of source:
 - **generated** (``SyntheticSource``): a pure generator ``(config, digits, rng) -> Sample`` for the
   MNIST-based sources, or ``(config, rng) -> Sample`` for those that need no digits
   (``uses_digits=False``: street signs, the StarCraft II battle simulator). The stage
-  ``generate_rows`` maps a batch of global indices to schema-v1 rows (or rejects) with it.
+  ``generate_rows`` maps a batch of global indices to schema-v2 rows (or rejects) with it.
 - **file-based** (``FileSource``): inputs listed from a folder or bucket (photos, replays); their
   stages live beside their readers (``pipelines.dslr``, ``pipelines.sc2.replays``) and
   ``pipelines.build`` composes them.
@@ -196,7 +196,7 @@ def generate_rows(
     tile_size: int,
     tile_format: str,
 ) -> pa.Table:
-    """Stage: global indices (``batch["id"]``) → staging rows (schema-v1 rows or rejects)."""
+    """Stage: global indices (``batch["id"]``) → staging rows (schema-v2 rows or rejects)."""
     spec = get_source(source)
     assert isinstance(spec, SyntheticSource), f"{source} is not a generated source"
     config = make_config(spec, params)

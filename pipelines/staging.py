@@ -1,6 +1,6 @@
 """The staging record every source stage emits, before ``pipelines.build.write_shard`` splits it.
 
-A staging row is a schema-v1 row (``pipelines.tiling.image_row``) or a reject
+A staging row is a schema-v2 row (``pipelines.tiling.image_row``) or a reject
 (``pipelines.tiling.reject_row``), plus the global index ``_index`` that names the output files.
 """
 

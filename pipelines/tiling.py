@@ -1,4 +1,4 @@
-"""From an in-memory image to a schema-v1 row: tiles, proxy and ground truth.
+"""From an in-memory image to a schema-v2 row: tiles, proxy and ground truth.
 
 Every source (synthetic generators, photo folders, StarCraft II renders) ends in ``image_row``, so
 the contract is produced in exactly one place. Unusable records become ``reject_row``s instead.
@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 
 from pipelines.codec import encode_tiles
+from pipelines.pyramid import LEVEL_FACTOR, pool_array
 
 Box = tuple[float, float, float, float, int]  # x0, y0, x1, y1 in [0, 1] image coordinates; class
 
-# The staging record a pipeline stage emits: a schema-v1 row, or a reject carrying its reason.
+# The staging record a pipeline stage emits: a schema-v2 row, or a reject carrying its reason.
 REJECT_REASON = "reject_reason"
 REJECT_REF = "reject_ref"
 
@@ -78,7 +79,7 @@ def image_row(
     tile_format: str,
     jpeg_quality: int = 90,
 ) -> dict[str, Any]:
-    """A schema-v1 row for one image (``image`` and ``proxy`` are uint8 (H, W, C))."""
+    """A schema-v2 row for one image (``image`` and ``proxy`` are uint8 (H, W, C))."""
     height, width, channels = image.shape
     return {
         "image_id": image_id,
@@ -94,6 +95,7 @@ def image_row(
         "tiles": encode_tiles(
             image, tile_size=tile_size, tile_format=tile_format, jpeg_quality=jpeg_quality
         ),
+        **level_columns(image, tile_size=tile_size),
         "proxy": encode_proxy(proxy),
         "proxy_height": proxy.shape[0],
         "proxy_width": proxy.shape[1],
@@ -101,6 +103,16 @@ def image_row(
         "meta": json.dumps(meta, sort_keys=True),
         REJECT_REASON: None,
         REJECT_REF: None,
+    }
+
+
+def level_columns(image_HWC: np.ndarray, *, tile_size: int) -> dict[str, Any]:
+    """The stored pooled level's columns: ×LEVEL_FACTOR, png tiles whatever the tiles' codec
+    (pooled from ``image_HWC``, so for jpeg tiles from the pixels before their lossy encoding)."""
+    level = pool_array(image_HWC, LEVEL_FACTOR)
+    return {
+        "level_factor": LEVEL_FACTOR,
+        "level_tiles": encode_tiles(level, tile_size=tile_size, tile_format="png"),
     }
 
 

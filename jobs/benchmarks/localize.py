@@ -93,6 +93,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         help="curriculum: box sides start here (min and max) and shrink linearly to the final ones",
     )
     p.add_argument("--curriculum-epochs", type=int, default=4, help="epochs of the box curriculum")
+    p.add_argument("--heatmap-stride", type=int, default=4, help="proxy pixels per locator cell")
     p.add_argument("--inhibit-return", action="store_true")
     p.add_argument("--feed-glimpse", action="store_true")
     p.add_argument("--models", default="saccader,proxy_only,patches")
@@ -138,6 +139,7 @@ def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
         "min_image_fraction": args.min_fraction,
         "max_image_fraction": args.max_fraction,
         "locator": args.locator,
+        "heatmap_stride": args.heatmap_stride,
         "inhibit_return": args.inhibit_return,
         "feed_glimpse": args.feed_glimpse,
     }

@@ -59,7 +59,7 @@ PREDICTION_SCHEMA = pa.schema(
 
 
 def dataset_rows(batch: pa.Table) -> pa.Table:
-    """Stage: rows of a dataset version (schema v1) → prediction requests."""
+    """Stage: rows of a dataset version (schema v2) → prediction requests."""
     n = batch.num_rows
     columns = {c: batch.column(c) for c in INPUT_COLUMNS}
     columns.update(
@@ -93,7 +93,14 @@ def _tile(
     url: str, tile_size: int, tile_format: str, proxy_max_side: int, channels: int
 ) -> dict[str, Any]:
     from pipelines.inputs import read_bytes
-    from pipelines.photos import decode_oriented, encode_tile, proxy_image, tile_boxes
+    from pipelines.photos import (
+        decode_oriented,
+        encode_level,
+        encode_tile,
+        proxy_image,
+        tile_boxes,
+    )
+    from pipelines.pyramid import LEVEL_FACTOR
     from pipelines.tiling import encode_proxy
 
     pil, _, _ = decode_oriented(read_bytes(url))
@@ -109,6 +116,8 @@ def _tile(
         "tile_size": tile_size,
         "tile_format": tile_format,
         "tiles": tiles,
+        "level_factor": LEVEL_FACTOR,
+        "level_tiles": encode_level(pil, tile_size),
         "proxy": encode_proxy(proxy_HWC),
         "proxy_height": proxy_HWC.shape[0],
         "proxy_width": proxy_HWC.shape[1],

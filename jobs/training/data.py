@@ -1,4 +1,4 @@
-"""From dataset rows (schema v1) to the model's `Batch`, and the Ray Data side of training.
+"""From dataset rows (schema v2) to the model's `Batch`, and the Ray Data side of training.
 
 The model never sees Parquet: a batch carries the decoded proxies, the labels, the object boxes and
 a `TileRegionReader` over the encoded tiles, which decodes only what the glimpses touch.
@@ -88,7 +88,10 @@ def table_to_batch(
     table: pa.Table, *, device: torch.device | str = "cpu", threads: int = 1
 ) -> Batch:
     """A model `Batch` for the rows of `table` (the reader stays on the CPU; glimpses move)."""
-    rows = table.select(["height", "width", "channels", "tile_size", "tile_format", "tiles"])
+    image_columns = ["height", "width", "channels", "tile_size", "tile_format", "tiles"]
+    # the pooled level where the table has it (schema v2 rows; prediction requests too)
+    image_columns += [c for c in ("level_factor", "level_tiles") if c in table.column_names]
+    rows = table.select(image_columns)
     images = [TiledImage.from_row(r) for r in rows.to_pylist()]
     # Unlabelled rows (prediction requests) get label 0 and no boxes: nothing reads them.
     labels = (

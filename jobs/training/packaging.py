@@ -1,6 +1,6 @@
 """The trained model as an MLflow pyfunc: rows of the dataset contract in, predictions out.
 
-Input: a DataFrame with the schema-v1 image columns (`INPUT_COLUMNS`: the tiles and the proxy);
+Input: a DataFrame with the schema-v2 image columns (`INPUT_COLUMNS`: the tiles and the proxy);
 output: one row per image with `label`, `label_name`, `probabilities` and, for the saccader, the
 glimpse `boxes` (normalised y0, x0, y1, x1). The state dict, the model's name and config and the
 class names travel in one artifact; the project's code travels with the model (code_paths).
@@ -26,6 +26,8 @@ INPUT_COLUMNS = [
     "tile_size",
     "tile_format",
     "tiles",
+    "level_factor",
+    "level_tiles",
     "proxy",
     "proxy_height",
     "proxy_width",

@@ -36,7 +36,7 @@ class TrainRequest:
     data: dict[str, Any] = field(default_factory=dict)  # filled by check(): classes, channels
 
     def check(self) -> DatasetVersion:
-        """Open the dataset (exists, schema v1) and build the model once on the CPU, so that a
+        """Open the dataset (exists, schema v2) and build the model once on the CPU, so that a
         bad configuration fails with one clear message before any worker starts."""
         version = open_dataset(self.config.dataset)
         first = version.read_head("train", 1, columns=["channels"])

@@ -10,6 +10,7 @@ import pytest
 from cli_support import assert_clear_failure, run_job
 
 from pipelines.build import BuildConfig
+from pipelines.schema import SCHEMA_VERSION
 from pipelines.storage import Staging, list_versions
 
 
@@ -48,7 +49,9 @@ def test_megapixel_canvas_too_small(tmp_path: Path) -> None:
 
 
 def test_existing_version(tmp_path: Path) -> None:
-    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1, "marker": True})
+    Staging.create(str(tmp_path), "v0001").publish(
+        {"schema_version": SCHEMA_VERSION, "marker": True}
+    )
     result = _build("--source", "cluttered_mnist", "--out", str(tmp_path), "--version", "v0001")
     assert_clear_failure(result, "v0001 already exists (published)")
     assert (tmp_path / "v0001" / "manifest.json").read_text().count("marker") == 1

@@ -1,4 +1,4 @@
-"""Tier 1: the schema-v1 contract is enforced and rows produced by the stages follow it."""
+"""Tier 1: the schema-v2 contract is enforced and rows produced by the stages follow it."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _row() -> dict:
 
 
 def test_image_schema_carries_its_version() -> None:
-    assert schema_version(IMAGE_SCHEMA) == 1
+    assert schema_version(IMAGE_SCHEMA) == 2
     validate_schema(IMAGE_SCHEMA)
 
 
@@ -48,8 +48,9 @@ def test_missing_version_is_refused() -> None:
 
 
 def test_other_version_is_refused() -> None:
-    with pytest.raises(SchemaError, match="schema version 2"):
-        validate_schema(IMAGE_SCHEMA.with_metadata({SCHEMA_VERSION_KEY: b"2"}))
+    # version 1 had no pooled level: such datasets must be rebuilt, not half read
+    with pytest.raises(SchemaError, match=r"schema version 1 is not supported.*rebuild"):
+        validate_schema(IMAGE_SCHEMA.with_metadata({SCHEMA_VERSION_KEY: b"1"}))
 
 
 def test_missing_column_is_named() -> None:
@@ -72,6 +73,7 @@ def test_row_round_trips_through_a_table() -> None:
     tiled = TiledImage.from_row(row)
     expected = np.arange(40 * 30, dtype=np.uint8).reshape(40, 30, 1)
     assert np.array_equal(read_region(tiled, (0, 0, 40, 30)), expected)
+    assert row["level_factor"] == 8 and tiled.level_image().height == 5  # ceil(40 / 8)
     assert decode_proxy(row["proxy"]).shape == (10, 8, 1)
     assert row["boxes"][0]["cls"] == 1
     assert row["boxes"][0]["x0"] == pytest.approx(0.1)

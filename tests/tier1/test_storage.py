@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.build import write_shard
 from pipelines.digits import load_digits, split_digits
-from pipelines.schema import SchemaError
+from pipelines.schema import SCHEMA_VERSION, SchemaError
 from pipelines.sources import generate_rows
 from pipelines.storage import (
     DatasetVersion,
@@ -42,7 +42,7 @@ def test_unpublished_version_is_invisible_until_the_manifest(tmp_path: Path) -> 
     assert list_versions(str(tmp_path)) == []
     with pytest.raises(StorageError, match="no published dataset version"):
         DatasetVersion.open(str(tmp_path / "v0001"))
-    staging.publish({"schema_version": 1, "version": "v0001"})
+    staging.publish({"schema_version": SCHEMA_VERSION, "version": "v0001"})
     assert list_versions(str(tmp_path)) == ["v0001"]
     assert next_version(str(tmp_path)) == "v0002"
     version = DatasetVersion.open(str(tmp_path / "v0001"))
@@ -56,7 +56,7 @@ def test_unpublished_version_is_invisible_until_the_manifest(tmp_path: Path) -> 
 def test_rejects_are_written_beside_the_rows(tmp_path: Path) -> None:
     staging = Staging.create(str(tmp_path), "v0001")
     _stage_rows(staging, 3, canvas_size=56, original_size=56, max_place_tries=1, clutter=0)
-    staging.publish({"schema_version": 1})
+    staging.publish({"schema_version": SCHEMA_VERSION})
     version = DatasetVersion.open(str(tmp_path / "v0001"))
     rejects = version.read_rejects()
     assert rejects.num_rows + version.read("train").num_rows + version.read("test").num_rows == 3
@@ -66,7 +66,7 @@ def test_rejects_are_written_beside_the_rows(tmp_path: Path) -> None:
 
 
 def test_existing_version_is_refused(tmp_path: Path) -> None:
-    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1})
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": SCHEMA_VERSION})
     with pytest.raises(StorageError, match=r"v0001 already exists \(published\)"):
         Staging.create(str(tmp_path), "v0001")
 
@@ -105,6 +105,6 @@ def test_manifest_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_split_is_named(tmp_path: Path) -> None:
-    Staging.create(str(tmp_path), "v0001").publish({"schema_version": 1})
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": SCHEMA_VERSION})
     with pytest.raises(ValueError, match="unknown split 'training'"):
         DatasetVersion.open(str(tmp_path / "v0001")).files("training")

@@ -10,7 +10,7 @@ import pytest
 from cli_support import assert_clear_failure, run_job
 
 from jobs.training.recipes import RECIPES, TrainConfig, make_recipe
-from pipelines.schema import IMAGE_SCHEMA
+from pipelines.schema import IMAGE_SCHEMA, SCHEMA_VERSION
 from pipelines.storage import Staging, write_parquet
 
 
@@ -72,7 +72,7 @@ def test_schema_mismatch_cli(tmp_path: Path) -> None:
     write_parquet(
         staging.fs, os.path.join(staging.path, "split=train", "part-0.parquet"), old.empty_table()
     )
-    staging.publish({"schema_version": 1, "num_classes": 55, "class_names": []})
+    staging.publish({"schema_version": SCHEMA_VERSION, "num_classes": 55, "class_names": []})
     result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0001"))
     assert_clear_failure(result, "column 'proxy' is missing")
 
@@ -97,7 +97,7 @@ def _tiny_version(root: Path) -> str:
         tile_format="png",
     )
     write_shard(table, staging_url=staging.path)
-    staging.publish({"schema_version": 1, "num_classes": 55, "class_names": [""] * 55})
+    staging.publish({"schema_version": SCHEMA_VERSION, "num_classes": 55, "class_names": [""] * 55})
     return str(root / "v0001")
 
 
