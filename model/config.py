@@ -54,6 +54,10 @@ class SaccaderConfig:
     # Boxes at least this many windows wide are pooled by a multiple of it and read from the
     # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
     pooled_level: int = 8
+    # Per class, the classes a single glimpse may name (its "parts"): e.g. a two-digit pair's
+    # two digits. Empty: the class itself. Sets the per-glimpse head's targets (auxiliary and
+    # score-function terms; model/loss.py), since one glimpse of a pair sees one digit.
+    part_classes: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         _check_positive(self, "num_classes", "in_channels", "latent", "glimpses", "window")
@@ -73,6 +77,16 @@ class SaccaderConfig:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
         if self.locator not in LOCATORS:
             raise ValueError(f"unknown locator {self.locator!r}; use one of {LOCATORS}")
+        self.part_classes = tuple(tuple(int(p) for p in parts) for parts in self.part_classes)
+        if self.part_classes and (
+            len(self.part_classes) != self.num_classes
+            or min(map(len, self.part_classes)) < 1
+            or min(min(p) for p in self.part_classes) < 0
+        ):
+            raise ValueError(
+                f"part_classes needs one non-empty tuple of part indices >= 0 per class "
+                f"({self.num_classes}), got {len(self.part_classes)}"
+            )
         if self.pooled_level not in POOLED_LEVELS:
             raise ValueError(
                 f"pooled_level must be one of {POOLED_LEVELS}, got {self.pooled_level}"

@@ -120,9 +120,14 @@ def saccader_objective(
     glimpse_logits_BTK: torch.Tensor | None,
     config: ObjectiveConfig,
     log_q_BT: torch.Tensor | None = None,
+    glimpse_targets_BK: torch.Tensor | None = None,
 ) -> LossParts:
     """Combine the saccader's terms into `product` or `additive` (see the module docstring),
-    plus the weighted score-function term when `log_q_BT` is given (`score_function_term`)."""
+    plus the weighted score-function term when `log_q_BT` is given (`score_function_term`).
+
+    `glimpse_targets_BK`: per sample, the classes a single glimpse may rightly name (bool, over
+    the glimpse logits' classes); default: the label alone. A two-digit pair's are its digits,
+    since one glimpse sees one digit (`glimpse_log_likelihood`)."""
     ce_B = F.cross_entropy(logits_BK, labels_B, reduction="none")
     kl_BT = kl_BT3.sum(dim=2)
     if config.kind == "product":
@@ -134,14 +139,14 @@ def saccader_objective(
         ).mean()
     aux_ce = ce_B.new_zeros(())
     if glimpse_logits_BTK is not None:
-        B, T, K = glimpse_logits_BTK.shape
-        aux_ce = F.cross_entropy(
-            glimpse_logits_BTK.reshape(B * T, K), labels_B.repeat_interleave(T)
-        )
+        if glimpse_targets_BK is None:
+            glimpse_targets_BK = F.one_hot(labels_B, glimpse_logits_BTK.shape[2]).bool()
+        log_p_BT = glimpse_log_likelihood(glimpse_logits_BTK, glimpse_targets_BK)
+        aux_ce = -log_p_BT.mean()
         total = total + config.aux_weight * aux_ce
     score = ce_B.new_zeros(())
     if config.score_weight > 0 and log_q_BT is not None and glimpse_logits_BTK is not None:
-        score = score_function_term(log_q_BT, glimpse_logits_BTK, ce_B, labels_B)
+        score = score_function_term(log_q_BT, log_p_BT, ce_B)
         total = total + config.score_weight * score
     return LossParts(
         total=total,
@@ -154,24 +159,28 @@ def saccader_objective(
     )
 
 
+def glimpse_log_likelihood(
+    glimpse_logits_BTK: torch.Tensor, targets_BK: torch.Tensor
+) -> torch.Tensor:
+    """log p(glimpse t names one of the sample's target classes) = log Σ_{k ∈ targets} p(k | a_t),
+    B×T. With the label as the only target this is minus the cross-entropy."""
+    log_p_BTK = F.log_softmax(glimpse_logits_BTK, dim=2)
+    masked_BTK = log_p_BTK.masked_fill(~targets_BK[:, None, :], float("-inf"))
+    return torch.logsumexp(masked_BTK, dim=2)
+
+
 def score_function_term(
-    log_q_BT: torch.Tensor,
-    glimpse_logits_BTK: torch.Tensor,
-    ce_B: torch.Tensor,
-    labels_B: torch.Tensor,
+    log_q_BT: torch.Tensor, log_p_BT: torch.Tensor, ce_B: torch.Tensor
 ) -> torch.Tensor:
     """REINFORCE surrogate −mean[(r − b)·log q(z_t)] whose gradient moves q toward the locations
     that explained the label (Williams 1992; Mnih et al. 2014).
 
-    Reward of glimpse t: log p(y | a_t) (what that glimpse alone tells) + log p(y | all glimpses)
-    (what it added to the answer), detached. Baseline b: the batch mean of the reward of the same
-    glimpse index, a variance reduction that needs no extra network. Unlike the pathwise gradient
-    of bilinear sampling, this signal is not limited to boxes that already overlap the object.
+    Reward of glimpse t: `log_p_BT`, what that glimpse alone tells (`glimpse_log_likelihood`), +
+    log p(y | all glimpses) (what it added to the answer), detached. Baseline b: the batch mean of
+    the reward of the same glimpse index, a variance reduction that needs no extra network. Unlike
+    the pathwise gradient of bilinear sampling, this signal is not limited to boxes that already
+    overlap the object.
     """
-    T = glimpse_logits_BTK.shape[1]
-    log_p_BT = -F.cross_entropy(
-        glimpse_logits_BTK.transpose(1, 2), labels_B[:, None].expand(-1, T), reduction="none"
-    )
     reward_BT = (log_p_BT - ce_B[:, None]).detach()
     advantage_BT = reward_BT - reward_BT.mean(dim=0, keepdim=True)
     return -(advantage_BT * log_q_BT).mean()

@@ -42,7 +42,8 @@ class SaccaderOutput:
     """Everything one forward pass produces; the loss and the evaluation pick what they need."""
 
     logits_BK: torch.Tensor  # from the mean of the per-glimpse features a_t
-    glimpse_logits_BTK: torch.Tensor  # the same head on each a_t alone (auxiliary loss)
+    # the same head on each a_t alone (auxiliary loss), or the part head (config.part_classes)
+    glimpse_logits_BTK: torch.Tensor
     boxes_BT4: torch.Tensor  # where each glimpse looked
     z_BT3: torch.Tensor  # the latents used (samples in training, posterior means at inference)
     kl_BT3: torch.Tensor  # KL(q_t ‖ p_t) per coordinate (heatmap: the cell's KL under x, 0 under y)
@@ -130,6 +131,14 @@ class Saccader(BatchClassifier):
         self.decoder = mlp(2 * L, L, C_proxy * P * P)  # [φ_z(z), h̄] → x̃
         self.glimpse_head = mlp(2 * L, L, L)  # [h̄, g] → a_t
         self.classifier = mlp(L, L, config.num_classes)
+        self.part_head: nn.Module | None = None
+        if config.part_classes:
+            n_parts = 1 + max(max(p) for p in config.part_classes)
+            self.part_head = mlp(L, L, n_parts)
+            mask_KP = torch.zeros(config.num_classes, n_parts, dtype=torch.bool)
+            for k, parts in enumerate(config.part_classes):
+                mask_KP[k, list(parts)] = True
+            self.register_buffer("part_mask_KP", mask_KP, persistent=False)
         self.heatmap = (
             HeatmapLocator(C_proxy, L, config.encoder_width, P, config.heatmap_stride)
             if config.locator == "heatmap"
@@ -186,7 +195,9 @@ class Saccader(BatchClassifier):
         B = proxy_BCHW.shape[0]
         return SaccaderOutput(
             logits_BK=self.classifier(a_BTL.mean(dim=1)),
-            glimpse_logits_BTK=self.classifier(a_BTL),
+            glimpse_logits_BTK=(self.part_head if self.part_head is not None else self.classifier)(
+                a_BTL
+            ),
             boxes_BT4=torch.stack(boxes, dim=1),
             z_BT3=torch.stack(z, dim=1),
             kl_BT3=torch.stack(kl, dim=1),
@@ -254,6 +265,9 @@ class Saccader(BatchClassifier):
             glimpse_logits_BTK=out.glimpse_logits_BTK,
             log_q_BT=out.log_q_BT,
             config=objective,
+            glimpse_targets_BK=(
+                self.part_mask_KP[batch.labels_B] if self.part_head is not None else None
+            ),
         )
 
     @torch.no_grad()

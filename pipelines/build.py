@@ -178,6 +178,7 @@ class _Plan:
     splits: list[str]  # splits in output order
     class_names: list[str]
     inputs: dict[str, Any]  # input description, hashed into the manifest's input_hash
+    class_parts: tuple[tuple[int, ...], ...] = ()  # per class, its object classes (if any)
 
 
 def build_dataset(
@@ -260,7 +261,14 @@ def _generated(
             "tile_format": tile_format,
         },
     )
-    return _Plan(ds, total, list(counts), source.class_names(source_config), inputs)
+    return _Plan(
+        ds,
+        total,
+        list(counts),
+        source.class_names(source_config),
+        inputs,
+        source.class_parts(source_config),
+    )
 
 
 def _dslr(
@@ -374,6 +382,8 @@ def _manifest(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }
+    if plan.class_parts:
+        manifest["class_parts"] = [list(parts) for parts in plan.class_parts]
     if "digits" in plan.inputs:  # kept at the top level, where readers found it before
         manifest["digits"] = plan.inputs["digits"]
     return manifest

@@ -39,6 +39,7 @@ from pipelines.synthetic import (
     MegapixelMnistConfig,
     Sample,
     cluttered_class_names,
+    cluttered_part_classes,
     generate_cluttered,
     generate_megapixel,
     sample_rng,
@@ -59,6 +60,8 @@ class SyntheticSource:
     # smaller than raw and decode in well under a millisecond per tile.
     tile_format: str = "png"
     uses_digits: bool = True  # whether generate takes the split's MNIST digit pool
+    # Per class, the object classes one glimpse may show (a pair's digits); () when none apply.
+    class_parts: Callable[[Any], tuple[tuple[int, ...], ...]] = lambda cfg: ()
 
     def sample(self, config: Any, digits: DigitSet | None, rng: np.random.Generator) -> Sample:
         """One sample, passing the digit pool only to generators that take one."""
@@ -82,6 +85,7 @@ SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
         config_cls=ClutteredMnistConfig,
         generate=generate_cluttered,
         class_names=lambda cfg: cluttered_class_names(cfg.task),
+        class_parts=lambda cfg: cluttered_part_classes(cfg.task),
     ),
     "megapixel_mnist": SyntheticSource(
         name="megapixel_mnist",

@@ -92,6 +92,15 @@ def cluttered_class_names(task: str) -> list[str]:
     return [str(d) for d in range(NUM_DIGIT_CLASSES)]
 
 
+def cluttered_part_classes(task: str) -> tuple[tuple[int, ...], ...]:
+    """Per class, the digits a glimpse of one digit may show (``SaccaderConfig.part_classes``):
+    a pair's two digits, a single digit itself; a sum has no such parts (empty)."""
+    names = cluttered_class_names(task)
+    if task == "sum":
+        return ()
+    return tuple(tuple(sorted({int(d) for d in name.split("-")})) for name in names)
+
+
 # --- Shared helpers: digits, placement, resizing --------------------------------------------------
 
 

@@ -25,7 +25,12 @@ from model.loss import ObjectiveConfig
 from model.registry import create_model
 from model.step import eval_step, train_step
 from pipelines.digits import load_digits, split_digits
-from pipelines.synthetic import ClutteredMnistConfig, generate_cluttered, sample_rng
+from pipelines.synthetic import (
+    ClutteredMnistConfig,
+    cluttered_part_classes,
+    generate_cluttered,
+    sample_rng,
+)
 
 EDGE = 0.05  # a box centre this close to an image edge (fraction of the side) counts as "on edge"
 
@@ -96,6 +101,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--heatmap-stride", type=int, default=4, help="proxy pixels per locator cell")
     p.add_argument("--inhibit-return", action="store_true")
     p.add_argument("--feed-glimpse", action="store_true")
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="per-glimpse targets are the label's digits (SaccaderConfig.part_classes)",
+    )
     p.add_argument("--models", default="saccader,proxy_only,patches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -123,6 +133,7 @@ def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
         "saccader",
         num_classes=num_classes,
         in_channels=1,
+        part_classes=cluttered_part_classes(args.task) if args.parts else (),
         **saccader_cfg(args),
     )
 

@@ -36,6 +36,13 @@ def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
         "in_channels": data["channels"],
         **cfg.model_cfg,
     }
+    if cfg.glimpse_parts:
+        if not data.get("class_parts"):
+            raise ValueError(
+                "the recipe sets glimpse_parts but the dataset's manifest has no class_parts "
+                "(its classes have no object parts, e.g. a digit sum): --set glimpse_parts=false"
+            )
+        model_cfg["part_classes"] = data["class_parts"]
     return create_model(cfg.model, **model_cfg)
 
 

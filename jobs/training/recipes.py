@@ -27,6 +27,9 @@ class TrainConfig:
     recon_weight: float = 1.0  # λ on the proxy reconstruction (additive objective)
     aux_weight: float = 0.0  # weight of the per-glimpse auxiliary cross-entropy
     score_weight: float = 0.0  # weight of the score-function (REINFORCE) term on the locations
+    # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
+    # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
+    glimpse_parts: bool = False
     curriculum_epochs: int = 0  # box sides shrink from curriculum_start to the model's over these
     curriculum_start: float = 0.6  # box side (fraction of the image side) at epoch 1
     epochs: int = 10  # passes over the training split
@@ -112,6 +115,7 @@ def cluttered_cpu(dataset: str) -> TrainConfig:
         warmup_steps=100,
         aux_weight=1.0,
         score_weight=1.0,
+        glimpse_parts=True,  # one glimpse sees one digit: its target is one of the pair's digits
         curriculum_epochs=4,
         kl_weight=0.1,
         recon_weight=0.01,
@@ -176,6 +180,7 @@ def _baseline(
             curriculum_epochs=0,
             aux_weight=0.0,
             score_weight=0.0,
+            glimpse_parts=False,
         )
 
     recipe.__doc__ = f"{base.__name__} with the {name} model instead of the saccader."

@@ -44,6 +44,7 @@ class TrainRequest:
         self.data = {
             "num_classes": int(manifest["num_classes"]),
             "class_names": list(manifest["class_names"]),
+            "class_parts": list(manifest.get("class_parts") or []),
             "channels": int(first.column("channels")[0].as_py()),
         }
         build_model(self.config, self.data)  # unknown model or settings → ValueError
