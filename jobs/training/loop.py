@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from model.registry import create_model
 from model.step import LossModule, train_step
 
 STATE_FILE = "state.pt"
+PROGRESS_STEPS = 100  # a progress line within long epochs, every this many steps (rank 0)
 
 
 def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
@@ -85,6 +87,8 @@ def _train_epoch(
     cfg: TrainConfig,
     epoch: int,
     device: torch.device,
+    *,
+    before_step: Callable[[int], None],
 ) -> dict[str, float]:
     import ray.train
 
@@ -98,12 +102,22 @@ def _train_epoch(
         local_shuffle_seed=cfg.seed * 100_003 + epoch,
     ):
         batch = table_to_batch(table, device=device)
+        # the scheduler counts optimiser steps and is checkpointed: a resumed run continues
+        before_step(scheduler.last_epoch)
         parts = train_step(module, batch, optimizer, objective_of(cfg), clip_value=cfg.clip_value)
         scheduler.step()
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
         samples += table.num_rows
+        if steps % PROGRESS_STEPS == 0 and ray.train.get_context().get_world_rank() == 0:
+            rate = samples / (time.perf_counter() - start)
+            mean = {k: v / steps for k, v in sums.items()}
+            print(
+                f"[train] epoch {epoch}, step {steps}: loss {mean['total']:.4g}, accuracy "
+                f"{mean['accuracy']:.3f}, {rate:.1f} samples/s on this worker",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     world = ray.train.get_context().get_world_size()
     out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
@@ -183,8 +197,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
     final_sides = _box_sides(model)
     for epoch in range(done + 1, cfg.epochs + 1):
-        _box_curriculum(model, cfg, epoch, final_sides)
-        metrics = _train_epoch(module, optimizer, scheduler, cfg, epoch, device)
+        metrics = _train_epoch(
+            module,
+            optimizer,
+            scheduler,
+            cfg,
+            epoch,
+            device,
+            before_step=lambda step: _box_curriculum(model, cfg, step, final_sides),
+        )
         state = None
         if rank == 0:
             result = _validate(model, data["num_classes"], device)
@@ -216,14 +237,14 @@ def _box_sides(model: BatchClassifier) -> tuple[float, float] | None:
 
 
 def _box_curriculum(
-    model: BatchClassifier, cfg: TrainConfig, epoch: int, final: tuple[float, float] | None
+    model: BatchClassifier, cfg: TrainConfig, step: int, final: tuple[float, float] | None
 ) -> None:
     """Large boxes first (the classifier learns the digits from glimpses that usually hold one),
-    shrinking linearly to the model's sides, which hold from epoch `curriculum_epochs + 1` on.
-    A function of the epoch alone, so a resumed run continues the same schedule."""
-    if final is None or cfg.curriculum_epochs == 0:
+    shrinking linearly to the model's sides, which hold from step `curriculum_steps` on.
+    A function of the optimiser step alone, so a resumed run continues the same schedule."""
+    if final is None or cfg.curriculum_steps == 0:
         return
-    done = min(1.0, (epoch - 1) / cfg.curriculum_epochs)
+    done = min(1.0, step / cfg.curriculum_steps)
     start = max(cfg.curriculum_start, final[1])
     lo, hi = (start + done * (side - start) for side in final)
     model.config.min_image_fraction, model.config.max_image_fraction = lo, hi

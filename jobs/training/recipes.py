@@ -30,7 +30,7 @@ class TrainConfig:
     # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
     # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
     glimpse_parts: bool = False
-    curriculum_epochs: int = 0  # box sides shrink from curriculum_start to the model's over these
+    curriculum_steps: int = 0  # box sides shrink from curriculum_start to the model's over these
     curriculum_start: float = 0.6  # box side (fraction of the image side) at epoch 1
     epochs: int = 10  # passes over the training split
     batch_size: int = 32  # images per worker per step
@@ -52,10 +52,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_workers", "picture_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.curriculum_epochs < 0 or not 0 < self.curriculum_start <= 1:
+        if self.curriculum_steps < 0 or not 0 < self.curriculum_start <= 1:
             raise ValueError(
-                f"need curriculum_epochs >= 0 and 0 < curriculum_start <= 1, got "
-                f"{self.curriculum_epochs}, {self.curriculum_start}"
+                f"need curriculum_steps >= 0 and 0 < curriculum_start <= 1, got "
+                f"{self.curriculum_steps}, {self.curriculum_start}"
             )
         if self.lr <= 0 or self.cpus_per_worker <= 0:
             raise ValueError(
@@ -84,14 +84,16 @@ def tiny_cpu(dataset: str) -> TrainConfig:
 
 
 def cluttered_cpu(dataset: str) -> TrainConfig:
-    """The CPU benchmark: cluttered MNIST at a reduced size, a small saccader.
+    """The CPU benchmark: two-digit cluttered MNIST at a reduced size, a small saccader.
 
-    The locator settings are what made the glimpses land on the digits in
-    `python -m jobs.benchmark localize` (BENCHMARKS.md, "Localization (issue 7)"): a heat-map
-    posterior over proxy cells trained by the score-function term, with the per-glimpse classifier
-    as its reward, boxes of 0.25–0.3 of the side, small KL and reconstruction weights. The benchmark
-    also shrinks the boxes from 0.6 of the side over the first 4 epochs (the curriculum), without
-    which the boxes collapsed.
+    Made for the benchmark dataset of BENCHMARKS.md ("Accuracy through Ray Train": 100-px canvas,
+    200-px originals, proxy blurred ×10, 60,000 training images): 2 epochs are 120,000 images.
+    The settings are what made the glimpses land on the digits in `python -m jobs.benchmark
+    localize` (BENCHMARKS.md, "Localization (issue 7)"): a heat-map posterior over proxy cells
+    trained by the score-function term, with the per-glimpse classifier as its reward and the
+    pair's digits as that classifier's targets, boxes of 0.25–0.3 of the side, small KL and
+    reconstruction weights, and boxes shrinking from 0.6 of the side over the first 250 steps
+    (the curriculum), without which the boxes collapsed.
     """
     return TrainConfig(
         dataset=dataset,
@@ -101,22 +103,22 @@ def cluttered_cpu(dataset: str) -> TrainConfig:
             "window": 32,
             "encoder_width": 16,
             "encoder_blocks": (1, 1, 1),
-            "proxy_size": 48,
-            "glimpses": 4,
+            "proxy_size": 40,
+            "glimpses": 3,
             "min_image_fraction": 0.25,
             "max_image_fraction": 0.3,
             "locator": "heatmap",
             "heatmap_stride": 4,
             "inhibit_return": True,  # two digits: the next glimpse goes elsewhere
         },
-        epochs=20,
+        epochs=2,
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
         aux_weight=1.0,
         score_weight=1.0,
         glimpse_parts=True,  # one glimpse sees one digit: its target is one of the pair's digits
-        curriculum_epochs=4,
+        curriculum_steps=250,  # ~8,000 images: the benchmark's 4 epochs of 2,000
         kl_weight=0.1,
         recon_weight=0.01,
     )
@@ -160,7 +162,7 @@ def quickstart_cpu(dataset: str) -> TrainConfig:
     """The quickstart's saccader: `cluttered_cpu`'s model and locator settings, trained briefly
     enough (6 epochs, a 3-epoch box curriculum) to fit the quickstart's few minutes on 2 cores."""
     return dataclasses.replace(
-        cluttered_cpu(dataset), epochs=6, warmup_steps=50, curriculum_epochs=3, picture_every=2
+        cluttered_cpu(dataset), epochs=6, warmup_steps=50, curriculum_steps=96, picture_every=2
     )
 
 
@@ -177,7 +179,7 @@ def _baseline(
             model=name,
             model_cfg=dict(model_cfg or {}),
             warmup_steps=0,
-            curriculum_epochs=0,
+            curriculum_steps=0,
             aux_weight=0.0,
             score_weight=0.0,
             glimpse_parts=False,

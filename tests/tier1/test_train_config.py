@@ -119,10 +119,10 @@ def test_box_curriculum_shrinks_to_the_model_sides() -> None:
         max_image_fraction=0.3,
     )
     final = _box_sides(model)
-    config = make_recipe("tiny_cpu", "d", {"curriculum_epochs": "4", "curriculum_start": "0.6"})
+    config = make_recipe("tiny_cpu", "d", {"curriculum_steps": "4", "curriculum_start": "0.6"})
     sides = []
-    for epoch in range(1, 7):
-        _box_curriculum(model, config, epoch, final)
+    for step in range(6):
+        _box_curriculum(model, config, step, final)
         sides.append((model.config.min_image_fraction, model.config.max_image_fraction))
     assert sides[0] == pytest.approx((0.6, 0.6))
     assert sides[2] == pytest.approx((0.4, 0.45))  # halfway

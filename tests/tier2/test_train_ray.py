@@ -4,8 +4,12 @@ the registered model, and `ray job submit`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +141,47 @@ def test_train_through_ray_job_submit(
     assert "registered models:/submitted-model/1" in result.stdout
     versions = _client(mlflow_uri).search_model_versions("name = 'submitted-model'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+def _training_worker_pids() -> set[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    return {a.pid for a in actors if a.class_name == "RayTrainWorker" and a.pid}
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    """SIGKILL the training worker's process after the first checkpoint: FailureConfig restarts
+    the group, which resumes from that checkpoint and finishes every epoch."""
+    request = _request(tiny_dataset, tmp_path, "killed", epochs="4", picture_every="4")
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(request)))
+    thread.start()
+    try:
+        run_dir = tmp_path / "ckpt" / "killed"
+        _wait_for(lambda: list(run_dir.glob("checkpoint_*")), 300, "the first checkpoint")
+        victims = _wait_for(_training_worker_pids, 60, "a live training worker")
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        # a new worker process takes over (the group is restarted, not the job failed)
+        _wait_for(lambda: _training_worker_pids() - victims, 300, "a restarted worker")
+    finally:
+        thread.join(timeout=600)
+    assert not thread.is_alive()
+    result = outcome["result"]
+    assert result.metrics["epoch"] == 4
+    history = _client(mlflow_uri).get_metric_history(result.run_id, "train/total")
+    assert {m.step for m in history} == {1, 2, 3, 4}
+    assert _client(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
