@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipelines.codec import CodecError, check_format, tile_grid
-from pipelines.pyramid import LEVEL_FACTOR, pool_pil
+from pipelines.pyramid import LEVEL_FACTOR, LEVEL_FORMAT, pool_pil
 from pipelines.region import TiledImage
 from pipelines.tiling import encode_proxy
 
@@ -43,7 +43,7 @@ class TiledPhoto:
     tile_size: int
     tile_format: str
     tiles: list[bytes]  # row-major, edge tiles smaller
-    level_tiles: list[bytes]  # the ×LEVEL_FACTOR pooled level, png tiles (pipelines.pyramid)
+    level_tiles: list[bytes]  # the ×LEVEL_FACTOR pooled level, raw tiles (pipelines.pyramid)
     proxy: bytes  # PNG, as pipelines.tiling.encode_proxy writes it
     proxy_height: int
     proxy_width: int
@@ -143,10 +143,11 @@ def tile_boxes(height: int, width: int, tile_size: int) -> list[tuple[int, int, 
 
 
 def encode_level(pil: Image.Image, tile_size: int) -> list[bytes]:
-    """The ×LEVEL_FACTOR pooled level's png tiles (``pipelines.tiling.level_columns``' bytes)."""
+    """The ×LEVEL_FACTOR pooled level's tiles (``pipelines.tiling.level_columns``' bytes)."""
     level = pool_pil(pil, LEVEL_FACTOR)
     return [
-        encode_tile(level, b, "png", 0) for b in tile_boxes(level.size[1], level.size[0], tile_size)
+        encode_tile(level, b, LEVEL_FORMAT, 0)
+        for b in tile_boxes(level.size[1], level.size[0], tile_size)
     ]
 
 

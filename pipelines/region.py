@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.codec import check_format, decode_array, encode_tiles, tile_grid, tile_shape
-from pipelines.pyramid import check_factor, level_size, pool_array
+from pipelines.pyramid import LEVEL_FORMAT, check_factor, level_size, pool_array
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TiledImage:
     tile_format: str
     tiles: Sequence[bytes]
     level_factor: int = 0  # the stored level's factor (pipelines.pyramid); 0: none stored
-    level_tiles: Sequence[bytes] = ()  # its png tiles, row-major, tile_size each
+    level_tiles: Sequence[bytes] = ()  # its raw tiles, row-major, tile_size each
 
     def __post_init__(self) -> None:
         check_format(self.tile_format)
@@ -69,7 +69,7 @@ class TiledImage:
         level_tiles: list[bytes] = []
         if level_factor:
             level = pool_array(image_HWC, level_factor)
-            level_tiles = encode_tiles(level, tile_size=tile_size, tile_format="png")
+            level_tiles = encode_tiles(level, tile_size=tile_size, tile_format=LEVEL_FORMAT)
         return cls(
             height, width, channels, tile_size, tile_format, tiles, level_factor, level_tiles
         )
@@ -89,11 +89,11 @@ class TiledImage:
         )
 
     def level_image(self) -> TiledImage:
-        """The stored pooled level as an image of its own (png tiles, no level)."""
+        """The stored pooled level as an image of its own (raw tiles, no level)."""
         if not self.level_factor:
             raise ValueError("this image has no stored pooled level")
         lh, lw = level_size(self.height, self.width, self.level_factor)
-        return TiledImage(lh, lw, self.channels, self.tile_size, "png", self.level_tiles)
+        return TiledImage(lh, lw, self.channels, self.tile_size, LEVEL_FORMAT, self.level_tiles)
 
     def tiles_for_box(self, y0: int, x0: int, y1: int, x1: int) -> list[int]:
         """Row-major indices of the tiles intersecting the half-open box (clipped to the image)."""

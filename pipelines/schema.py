@@ -2,7 +2,7 @@
 
 One row per image; the image is stored as encoded row-major tiles plus an encoded proxy. Version 2
 adds a pooled level of the original (``level_factor``, ``level_tiles``: the image area-pooled by
-a power of two, png tiles of the same tile size; ``pipelines.pyramid``), from which the model reads
+a power of two, raw tiles of the same tile size; ``pipelines.pyramid``), from which the model reads
 its large glimpses; version 1 datasets must be rebuilt. The schema version travels in the Parquet
 schema metadata under ``saccade.schema_version`` so that a reader can refuse data it does not
 understand before touching a row.
@@ -44,7 +44,7 @@ IMAGE_SCHEMA = pa.schema(
         ("tile_format", pa.string()),
         ("tiles", pa.list_(pa.binary())),
         ("level_factor", pa.int32()),  # the stored level's pooling factor; 0: none stored
-        ("level_tiles", pa.list_(pa.binary())),  # its png tiles, row-major, tile_size each
+        ("level_tiles", pa.list_(pa.binary())),  # its raw tiles, row-major, tile_size each
         ("proxy", pa.binary()),
         ("proxy_height", pa.int32()),
         ("proxy_width", pa.int32()),

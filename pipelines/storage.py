@@ -224,11 +224,13 @@ def write_parquet(
     Encoded tiles do not compress further and must not be dictionary-encoded; everything else
     gets zstd. Row groups of tens of images keep a reader's memory bounded.
     """
-    binary = [n for n in ("tiles", "level_tiles", "proxy") if n in table.column_names]
+    # level tiles are raw pixels (pipelines.pyramid.LEVEL_FORMAT): they do compress
+    binary = [n for n in ("tiles", "proxy") if n in table.column_names]
     compression = {n: ("none" if n in binary else "zstd") for n in table.column_names}
     if "tiles" in binary and _all_raw(table):
         compression["tiles"] = "zstd"  # raw pixels do compress
-    dictionary = [n for n in table.column_names if n not in binary]
+    blobs = [*binary, "level_tiles"]  # unique per row: a dictionary would only add to them
+    dictionary = [n for n in table.column_names if n not in blobs]
     with fs.open(path, "wb") as f:
         pq.write_table(
             table,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.codec import encode_tiles
-from pipelines.pyramid import LEVEL_FACTOR, pool_array
+from pipelines.pyramid import LEVEL_FACTOR, LEVEL_FORMAT, pool_array
 
 Box = tuple[float, float, float, float, int]  # x0, y0, x1, y1 in [0, 1] image coordinates; class
 
@@ -107,12 +107,12 @@ def image_row(
 
 
 def level_columns(image_HWC: np.ndarray, *, tile_size: int) -> dict[str, Any]:
-    """The stored pooled level's columns: ×LEVEL_FACTOR, png tiles whatever the tiles' codec
+    """The stored pooled level's columns: ×LEVEL_FACTOR, raw tiles whatever the tiles' codec
     (pooled from ``image_HWC``, so for jpeg tiles from the pixels before their lossy encoding)."""
     level = pool_array(image_HWC, LEVEL_FACTOR)
     return {
         "level_factor": LEVEL_FACTOR,
-        "level_tiles": encode_tiles(level, tile_size=tile_size, tile_format="png"),
+        "level_tiles": encode_tiles(level, tile_size=tile_size, tile_format=LEVEL_FORMAT),
     }
 
 

@@ -203,9 +203,15 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     ),
     "quickstart_cpu_proxy_only": _baseline("proxy_only", quickstart_cpu, SMALL_RESNET),
     "cluttered_cpu": cluttered_cpu,
-    "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu),
-    "cluttered_cpu_patches": _baseline("resnet18_patches", cluttered_cpu),
-    "cluttered_cpu_proxy_only": _baseline("proxy_only", cluttered_cpu),
+    # The CPU benchmark's baselines: the narrowed ResNet of `python -m jobs.benchmark localize`;
+    # every pixel in 100-px patches (2×2 of the benchmark's 200-px originals), the proxy at 40 px.
+    "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu, SMALL_RESNET),
+    "cluttered_cpu_patches": _baseline(
+        "resnet18_patches", cluttered_cpu, {**SMALL_RESNET, "patch_size": 100, "checkpoint": False}
+    ),
+    "cluttered_cpu_proxy_only": _baseline(
+        "proxy_only", cluttered_cpu, {**SMALL_RESNET, "proxy_size": 40}
+    ),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
 }
