@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines.codec import check_format, decode_array, encode_tiles, tile_grid, tile_shape
-from pipelines.pyramid import LEVEL_FORMAT, check_factor, level_size, pool_array
+from pipelines.pyramid import LEVEL_FACTOR, LEVEL_FORMAT, check_factor, level_size, pool_array
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,10 @@ class TiledImage:
         tile_size: int,
         tile_format: str,
         jpeg_quality: int = 90,
-        level_factor: int = 0,
+        level_factor: int = LEVEL_FACTOR,
     ) -> TiledImage:
-        """Tile and encode an in-memory uint8 (H, W, C) image (and its ×level_factor level)."""
+        """Tile and encode an in-memory uint8 (H, W, C) image and, as the pipelines store it, its
+        ×level_factor pooled level (0: none)."""
         height, width, channels = image_HWC.shape
         tiles = encode_tiles(
             image_HWC, tile_size=tile_size, tile_format=tile_format, jpeg_quality=jpeg_quality

@@ -85,9 +85,7 @@ def all_tiles(image: TiledImage) -> Callable[[], np.ndarray]:
 def cluttered_subject(seed: int) -> Subject:
     config = ClutteredMnistConfig(original_size=2528)
     sample = generate_cluttered(config, load_digits(), sample_rng(seed, "test", 0))
-    image = TiledImage.from_array(
-        sample.image, tile_size=TILE_SIZE, tile_format="png", level_factor=LEVEL_FACTOR
-    )
+    image = TiledImage.from_array(sample.image, tile_size=TILE_SIZE, tile_format="png")
     return Subject(
         "cluttered_mnist 2528×2528 grey, png tiles",
         image,

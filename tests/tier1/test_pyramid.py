@@ -71,7 +71,7 @@ def test_level_regions_from_the_stored_level_equal_ones_pooled_from_the_tiles(
 ) -> None:
     image = _image(100, 150, 3)
     stored = TiledImage.from_array(image, tile_size=16, tile_format="png", level_factor=8)
-    plain = TiledImage.from_array(image, tile_size=16, tile_format="png")
+    plain = TiledImage.from_array(image, tile_size=16, tile_format="png", level_factor=0)
     level = pool_exact(image, 8)  # 13 × 19
     y0, x0, y1, x1 = box
     expected = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)

@@ -185,3 +185,39 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
     history = _client(mlflow_uri).get_metric_history(result.run_id, "train/total")
     assert {m.step for m in history} == {1, 2, 3, 4}
     assert _client(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
+
+
+def test_quickstart_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
+    """The README's main command, shrunk: build, train two models with Ray Train, evaluate each
+    in its own process, print the table; on its own local Ray and its own MLflow store."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.quickstart",
+            "--out",
+            str(tmp_path / "data"),
+            "--train",
+            "32",
+            "--epochs",
+            "1",
+            "--models",
+            "saccader,proxy-only",
+            "--num-cpus",
+            "2",
+        ],
+        cwd=tmp_path,  # checkpoints/ and mlartifacts/ land here, not in the repository
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout.split("== quickstart: test split of", 1)[1]
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line[:1].isalpha()}
+    assert 0 <= float(rows["saccader"][1]) <= 1 and 0 <= float(rows["saccader"][2]) <= 1
+    assert rows["proxy-only"][2] == "-"  # no glimpses, no hit-rate
+    assert "registered: models:/quickstart-saccader/1, models:/quickstart-proxy-only/1" in table
+    picture = table.split("glimpse picture: ", 1)[1].splitlines()[0]
+    assert picture.endswith("glimpses_epoch0001.png") and Path(picture).is_file()
