@@ -226,9 +226,14 @@ def write_parquet(
     """
     # level tiles are raw pixels (pipelines.pyramid.LEVEL_FORMAT): they do compress
     binary = [n for n in ("tiles", "proxy") if n in table.column_names]
-    compression = {n: ("none" if n in binary else "zstd") for n in table.column_names}
+    codecs = {n: ("none" if n in binary else "zstd") for n in table.column_names}
     if "tiles" in binary and _all_raw(table):
-        compression["tiles"] = "zstd"  # raw pixels do compress
+        codecs["tiles"] = "zstd"  # raw pixels do compress
+    # pyarrow takes a list column's codec under its leaf path; the bare name is ignored
+    compression = {
+        f"{n}.list.element" if pa.types.is_list(table.schema.field(n).type) else n: codec
+        for n, codec in codecs.items()
+    }
     blobs = [*binary, "level_tiles"]  # unique per row: a dictionary would only add to them
     dictionary = [n for n in table.column_names if n not in blobs]
     with fs.open(path, "wb") as f:

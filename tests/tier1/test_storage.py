@@ -108,3 +108,38 @@ def test_unknown_split_is_named(tmp_path: Path) -> None:
     Staging.create(str(tmp_path), "v0001").publish({"schema_version": SCHEMA_VERSION})
     with pytest.raises(ValueError, match="unknown split 'training'"):
         DatasetVersion.open(str(tmp_path / "v0001")).files("training")
+
+
+@pytest.mark.parametrize(("tile_format", "tiles_codec"), [("png", "UNCOMPRESSED"), ("raw", "ZSTD")])
+def test_column_codecs_reach_the_list_columns(
+    tmp_path: Path, tile_format: str, tiles_codec: str
+) -> None:
+    """Encoded tiles stay uncompressed; raw tiles and the raw level are zstd (pyarrow needs the
+    list columns' leaf paths for that: a bare name is silently ignored)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from pipelines.storage import write_parquet
+
+    table = generate_rows(
+        {"id": np.arange(2)},
+        source="cluttered_mnist",
+        params={"original_size": 128},
+        pools=split_digits(load_digits(), seed=0),
+        seed=0,
+        counts={"train": 2},
+        tile_size=64,
+        tile_format=tile_format,
+    )
+    path = str(tmp_path / "part.parquet")
+    write_parquet(
+        fsspec.filesystem("file"), path, table.drop_columns(["reject_reason", "reject_ref"])
+    )
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    codecs = {
+        group.column(i).path_in_schema: group.column(i).compression
+        for i in range(group.num_columns)
+    }
+    assert codecs["tiles.list.element"] == tiles_codec
+    assert codecs["level_tiles.list.element"] == "ZSTD"
+    assert codecs["proxy"] == "UNCOMPRESSED" and codecs["label"] == "ZSTD"
