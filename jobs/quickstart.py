@@ -35,7 +35,7 @@ MODELS = {  # table label → (recipe, registered model name)
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.quickstart", description=__doc__)
     p.add_argument("--out", default="data/quickstart", help="dataset root (local path or s3://)")
-    p.add_argument("--train", type=int, default=4096, help="training images")
+    p.add_argument("--train", type=int, default=3072, help="training images")
     p.add_argument("--original-size", type=int, default=200, help="side of the originals, px")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs")
     p.add_argument("--seed", type=int, default=0)
