@@ -20,7 +20,7 @@ from PIL import Image
 LEVEL_FACTOR = 8  # the level every row stores (schema v2's ``level_factor``)
 # Level tiles are raw uint8 (the Parquet column is zstd-compressed instead): reading a level tile
 # is then a copy. Measured on a 4000×3000 photo's level (BENCHMARKS.md, "Region reads"): a 30%
-# glimpse's level region read in 0.02 ms from raw tiles, 2.7 ms from png and 0.7 ms from jpeg.
+# glimpse's level region read in 0.02 ms from raw tiles, 2.6 ms from png and 0.7–0.85 from jpeg.
 LEVEL_FORMAT = "raw"
 LEVEL_FACTORS = (2, 4, 8, 16)  # powers of two: Pillow's reduce is then exact
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from jobs.benchmarks._common import goal, header, table, write_json
+from jobs.training.recipes import SMALL_RESNET
 from model.interface import Batch
 from model.loss import ObjectiveConfig
 from model.registry import create_model
@@ -115,10 +116,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    small = {"width": 16, "blocks": (1, 1, 1, 1)}
     if name == "proxy_only":
         return create_model(
-            "proxy_only", num_classes=num_classes, in_channels=1, proxy_size=args.proxy, **small
+            "proxy_only",
+            num_classes=num_classes,
+            in_channels=1,
+            proxy_size=args.proxy,
+            **SMALL_RESNET,
         )
     if name == "patches":
         return create_model(
@@ -127,7 +131,7 @@ def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
             in_channels=1,
             patch_size=args.original // 2,
             checkpoint=False,
-            **small,
+            **SMALL_RESNET,
         )
     return create_model(
         "saccader",

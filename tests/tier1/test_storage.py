@@ -21,19 +21,22 @@ from pipelines.storage import (
 )
 
 
-def _stage_rows(staging: Staging, n: int, **params) -> None:
-    pools = split_digits(load_digits(), seed=0)
-    table = generate_rows(
-        {"id": np.arange(n)},
+def _rows(counts: dict[str, int], tile_format: str = "png", **params):
+    """Staging rows of small cluttered-MNIST images, as the pipeline's stage makes them."""
+    return generate_rows(
+        {"id": np.arange(sum(counts.values()))},
         source="cluttered_mnist",
         params={"original_size": 128, **params},
-        pools=pools,
+        pools=split_digits(load_digits(), seed=0),
         seed=0,
-        counts={"train": n - 1, "test": 1},
+        counts=counts,
         tile_size=64,
-        tile_format="png",
+        tile_format=tile_format,
     )
-    write_shard(table, staging_url=staging.path)
+
+
+def _stage_rows(staging: Staging, n: int, **params) -> None:
+    write_shard(_rows({"train": n - 1, "test": 1}, **params), staging_url=staging.path)
 
 
 def test_unpublished_version_is_invisible_until_the_manifest(tmp_path: Path) -> None:
@@ -121,16 +124,7 @@ def test_column_codecs_reach_the_list_columns(
 
     from pipelines.storage import write_parquet
 
-    table = generate_rows(
-        {"id": np.arange(2)},
-        source="cluttered_mnist",
-        params={"original_size": 128},
-        pools=split_digits(load_digits(), seed=0),
-        seed=0,
-        counts={"train": 2},
-        tile_size=64,
-        tile_format=tile_format,
-    )
+    table = _rows({"train": 2}, tile_format)
     path = str(tmp_path / "part.parquet")
     write_parquet(
         fsspec.filesystem("file"), path, table.drop_columns(["reject_reason", "reject_ref"])
