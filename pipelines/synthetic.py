@@ -4,7 +4,8 @@
   from other digits (DeepMind's recipe); the original is the canvas upsampled (2528 px in the
   paper), the proxy the canvas blurred by area-downsampling and resizing back.
 - Megapixel MNIST (data set 4, attention sampling's benchmark): a 1500 px canvas with five digits,
-  three of the target class, plus patches of random line segments; proxy at ×0.12.
+  three of the target class, and 50 line-noise patches drawn over them as attention sampling's
+  generator does (MegapixelMnistConfig); proxy at ×0.12.
 
 Every sample is a pure function of (config, digit set, rng), and ``sample_rng`` gives each
 (seed, split, index) its own independent stream, so any sample can be regenerated on its own.
@@ -13,6 +14,7 @@ Boxes are (x0, y0, x1, y1, cls) with x along columns and y along rows, normalise
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -309,15 +311,36 @@ def generate_cluttered(
 
 # --- Megapixel MNIST ------------------------------------------------------------------------------
 
+MEGAPIXEL_NOISE_STYLES = ("lines", "segments")
+
 
 @dataclass(frozen=True, kw_only=True)
 class MegapixelMnistConfig:
-    """Megapixel MNIST: a few digits, most of the target class, and line noise on a large canvas."""
+    """Megapixel MNIST: a few digits, most of the target class, and line noise on a large canvas.
+
+    The defaults are attention sampling's generator (Katharopoulos & Fleuret 2019,
+    ``scripts/make_mnist.py``): noise patches drawn after the digits, anywhere, each overwriting
+    its block (so it may erase part of a digit), from a fixed bank of 50 two-line patterns; the two
+    other digits from any other class (they may share one). ``noise_over_digits=false``,
+    ``distinct_others=true`` and ``noise_style=segments`` together give this project's earlier,
+    easier variant (noise never over a digit, distinct other classes, random 2-px segments).
+    """
 
     canvas_size: int = 1500  # side of the original, px
     digits_per_image: int = 5  # digits placed per image
     target_count: int = 3  # digits of the target class (the label); the rest are other classes
-    noise_patches: int = 50  # digit-sized patches of random line segments, never over a digit
+    noise_patches: int = 50  # digit-sized line-noise patches per image
+    # True: patches drawn after the digits anywhere inside a one-digit margin, each replacing the
+    # pixels of its block (the reference); False: never over a digit, composed by maximum
+    noise_over_digits: bool = True
+    # False: each other digit from any non-target class, so two may share one (the reference);
+    # True: the others' classes are distinct
+    distinct_others: bool = False
+    # "lines": patches from a fixed bank of 1-px two-line patterns (the reference's);
+    # "segments": a fresh patch of three random 2-px segments each time
+    noise_style: str = "lines"
+    noise_bank: int = 50  # patterns in the "lines" bank (the reference's 50)
+    noise_seed: int = 0  # seed of the "lines" bank: one bank for every split of a dataset
     proxy_scale: float = 0.12  # proxy side = round(canvas_size * proxy_scale), area-downsampled
     digit_size: int = 28  # side of one placed digit and one noise patch, px
     max_place_tries: int = 200  # random positions tried per digit or patch before giving up
@@ -330,12 +353,7 @@ class MegapixelMnistConfig:
             f"{name}.target_count={self.target_count} must lie in 1..digits_per_image "
             f"({self.digits_per_image})",
         )
-        others = self.digits_per_image - self.target_count
-        _require(
-            others <= NUM_DIGIT_CLASSES - 1,
-            f"{name}: {others} non-target digits need {others} distinct non-target classes but "
-            f"only {NUM_DIGIT_CLASSES - 1} exist; lower digits_per_image or raise target_count",
-        )
+        self._check_others()
         # Grid packing: k squares of side d always fit in a square of side d·ceil(√k).
         min_canvas = self.digit_size * int(np.ceil(np.sqrt(self.digits_per_image)))
         _require(
@@ -343,13 +361,47 @@ class MegapixelMnistConfig:
             f"{name}.canvas_size={self.canvas_size} cannot hold {self.digits_per_image} "
             f"non-overlapping {self.digit_size} px digits; use canvas_size >= {min_canvas}",
         )
-        _require_min(f"{name}.noise_patches", self.noise_patches, 0)
+        self._check_noise()
         _require(
             0.0 < self.proxy_scale <= 1.0 and round(self.canvas_size * self.proxy_scale) >= 1,
             f"{name}.proxy_scale={self.proxy_scale} must lie in (0, 1] and give a proxy of at "
             f"least 1 px (canvas_size={self.canvas_size}); 0.12 is attention sampling's",
         )
         _require_min(f"{name}.max_place_tries", self.max_place_tries, 1)
+
+    def _check_others(self) -> None:
+        others = self.digits_per_image - self.target_count
+        if self.distinct_others:
+            _require(
+                others <= NUM_DIGIT_CLASSES - 1,
+                f"MegapixelMnistConfig: {others} non-target digits need {others} distinct "
+                f"non-target classes but only {NUM_DIGIT_CLASSES - 1} exist; lower "
+                "digits_per_image or raise target_count",
+            )
+        else:
+            # The others may all share one class: the target must still be the majority.
+            _require(
+                others < self.target_count,
+                f"MegapixelMnistConfig: {others} non-target digits of possibly one class could "
+                f"tie or outnumber the target_count={self.target_count}; raise target_count "
+                "above the others or set distinct_others=true",
+            )
+
+    def _check_noise(self) -> None:
+        name = "MegapixelMnistConfig"
+        _require_min(f"{name}.noise_patches", self.noise_patches, 0)
+        _require(
+            self.noise_style in MEGAPIXEL_NOISE_STYLES,
+            f"{name}.noise_style={self.noise_style!r} is unknown; use one of "
+            f"{MEGAPIXEL_NOISE_STYLES}",
+        )
+        _require_min(f"{name}.noise_bank", self.noise_bank, 1)
+        _require_min(f"{name}.noise_seed", self.noise_seed, 0)
+        _require(
+            not self.noise_over_digits or self.canvas_size > 2 * self.digit_size,
+            f"{name}.canvas_size={self.canvas_size} leaves no room for noise inside a "
+            f"{self.digit_size} px margin; use canvas_size > {2 * self.digit_size}",
+        )
 
     @property
     def proxy_size(self) -> int:
@@ -360,7 +412,7 @@ class MegapixelMnistConfig:
 def _megapixel_digits(
     cfg: MegapixelMnistConfig, digits: DigitSet, rng: np.random.Generator
 ) -> tuple[int, list[int]]:
-    """The target class and the digit indices to place: target_count targets, then distractors."""
+    """The target class and the digit indices to place: target_count targets, then the others."""
     target = int(rng.integers(NUM_DIGIT_CLASSES))
     pool = np.flatnonzero(digits.labels == target)
     if pool.size < cfg.target_count:
@@ -369,9 +421,18 @@ def _megapixel_digits(
             f"{cfg.target_count}"
         )
     chosen = list(rng.choice(pool, size=cfg.target_count, replace=False))
-    # Distinct distractor classes: no other class can tie the target's count.
+    others = cfg.digits_per_image - cfg.target_count
+    if not cfg.distinct_others:
+        # Any non-target digit, so classes come in the pool's proportions and may repeat.
+        rest = np.flatnonzero(digits.labels != target)
+        if rest.size < others:
+            raise GenerationError(
+                f"the digit set holds {rest.size} digits of classes other than {target}; "
+                f"the image needs {others}"
+            )
+        return target, [int(i) for i in (*chosen, *rng.choice(rest, size=others, replace=False))]
     non_targets = [c for c in range(NUM_DIGIT_CLASSES) if c != target]
-    for cls in rng.choice(non_targets, size=cfg.digits_per_image - cfg.target_count, replace=False):
+    for cls in rng.choice(non_targets, size=others, replace=False):
         members = np.flatnonzero(digits.labels == cls)
         if members.size == 0:
             raise GenerationError(f"class {cls} has no digits in the digit set")
@@ -379,7 +440,7 @@ def _megapixel_digits(
     return target, [int(i) for i in chosen]
 
 
-def _noise_patch(size: int, rng: np.random.Generator) -> np.ndarray:
+def _segments_patch(size: int, rng: np.random.Generator) -> np.ndarray:
     ends = rng.uniform(0, size - 1, size=(_NOISE_LINES, 4))
     patch = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(patch)
@@ -388,10 +449,73 @@ def _noise_patch(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(patch)
 
 
+def _corner_line(size: int, slope: float) -> np.ndarray:
+    """A 1-px straight line from the top-left pixel, `slope` columns per row, to the far edge."""
+    line = np.zeros((size, size), dtype=bool)
+    last = size - 0.51  # the last row or column the rounding still reaches
+    rows = np.linspace(0.0, min(last, last / slope), 2 * size)
+    line[np.round(rows).astype(int), np.round(slope * rows).astype(int)] = True
+    return line
+
+
+@functools.lru_cache(maxsize=8)
+def line_patterns(count: int, size: int, seed: int) -> np.ndarray:
+    """The "lines" bank: (count, size, size) uint8 patterns, each the union of two corner lines.
+
+    As the reference draws them: line k leaves the top-left corner at an angle drawn uniformly
+    in [0°, 72°) from the rows' direction; the second line of pattern k is the first line of
+    another pattern (a random permutation), mirrored left-right with probability 2·0.33·0.67
+    (the reference flips the same axis twice, with probability 0.33 each); pixels are 0.8–1.0
+    of full brightness.
+    """
+    rng = np.random.default_rng(seed)
+    first = np.stack([_corner_line(size, np.tan(a)) for a in rng.random(count) * np.pi / 2.5])
+    second = first[rng.permutation(count)]
+    mirrored = (rng.random(count) < 0.33) ^ (rng.random(count) < 0.33)
+    second[mirrored] = second[mirrored, :, ::-1]
+    brightness = rng.random((count, size, size)) * 0.2 + 0.8
+    patterns = ((first | second) * brightness * 255).astype(np.uint8)
+    patterns.setflags(write=False)  # shared by every sample through the cache
+    return patterns
+
+
+def _noise_patch(cfg: MegapixelMnistConfig, rng: np.random.Generator) -> np.ndarray:
+    if cfg.noise_style == "segments":
+        return _segments_patch(cfg.digit_size, rng)
+    bank = line_patterns(cfg.noise_bank, cfg.digit_size, cfg.noise_seed)
+    return bank[int(rng.integers(cfg.noise_bank))]
+
+
+def _add_noise(
+    canvas: np.ndarray,
+    cfg: MegapixelMnistConfig,
+    occupied: list[tuple[int, int, int]],
+    rng: np.random.Generator,
+) -> None:
+    size = cfg.digit_size
+    for _ in range(cfg.noise_patches):
+        if cfg.noise_over_digits:
+            # The reference's positions: anywhere a digit's width from the border, over digits
+            # and other noise alike; the patch replaces its whole block, zeros included.
+            row, col = (int(v) for v in rng.integers(size, cfg.canvas_size - size, size=2))
+            canvas[row : row + size, col : col + size] = _noise_patch(cfg, rng)
+            continue
+        # Noise may cross other noise but never a digit, so every digit stays readable.
+        row, col = _place(
+            rng,
+            canvas=cfg.canvas_size,
+            size=size,
+            occupied=occupied,
+            tries=cfg.max_place_tries,
+            what="a noise patch",
+        )
+        _paste_max(canvas, _noise_patch(cfg, rng), row, col)
+
+
 def generate_megapixel(
     cfg: MegapixelMnistConfig, digits: DigitSet, rng: np.random.Generator
 ) -> Sample:
-    """One megapixel-MNIST sample: non-overlapping digits, then noise patches around them."""
+    """One megapixel-MNIST sample: non-overlapping digits, then the noise patches."""
     target, chosen = _megapixel_digits(cfg, digits, rng)
     canvas = np.zeros((cfg.canvas_size, cfg.canvas_size), dtype=np.uint8)
     size = cfg.digit_size
@@ -409,17 +533,7 @@ def generate_megapixel(
         occupied.append((row, col, size))
         _paste_max(canvas, _digit_image(digits, index, size), row, col)
         boxes.append(_box(row, col, size, cfg.canvas_size, int(digits.labels[index])))
-    for _ in range(cfg.noise_patches):
-        # Noise may cross other noise but never a digit, so every digit stays readable.
-        row, col = _place(
-            rng,
-            canvas=cfg.canvas_size,
-            size=size,
-            occupied=occupied,
-            tries=cfg.max_place_tries,
-            what="a noise patch",
-        )
-        _paste_max(canvas, _noise_patch(size, rng), row, col)
+    _add_noise(canvas, cfg, occupied, rng)
     return Sample(
         image=canvas[:, :, None],
         proxy=_resize(canvas, cfg.proxy_size, Image.BOX)[:, :, None],
@@ -433,6 +547,8 @@ def generate_megapixel(
             "digit_classes": [b[4] for b in boxes],
             "digit_positions": [[r, c] for r, c, _ in occupied],  # canvas px, (row, col)
             "noise_patches": cfg.noise_patches,
+            "noise_over_digits": cfg.noise_over_digits,
+            "noise_style": cfg.noise_style,
             "canvas_size": cfg.canvas_size,
         },
     )

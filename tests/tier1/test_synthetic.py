@@ -19,6 +19,7 @@ from pipelines.synthetic import (
     cluttered_class_names,
     generate_cluttered,
     generate_megapixel,
+    line_patterns,
     pair_label,
     sample_rng,
 )
@@ -331,28 +332,90 @@ def test_megapixel_deterministic(train_digits: DigitSet) -> None:
     assert a.image.tobytes() != c.image.tobytes()
 
 
+# This project's earlier, easier variant, still reachable by options.
+LEGACY_MEGAPIXEL = {"noise_over_digits": False, "distinct_others": True, "noise_style": "segments"}
+
+
 def test_megapixel_labels_boxes_pixels(train_digits: DigitSet) -> None:
-    for index in range(10):
+    shared = 0
+    for index in range(40):
         sample = _megapixel(train_digits, index)
         assert sample.image.shape == (300, 300, 1) and sample.proxy.shape == (36, 36, 1)
         classes = [box[4] for box in sample.boxes]
         assert len(classes) == 5 and classes.count(sample.label) == 3
         others = [c for c in classes if c != sample.label]
-        assert len(set(others)) == len(others) == 2  # distinct, non-target
+        assert len(others) == 2  # any other class: they may share one, as in the reference
+        shared += others[0] == others[1]
         assert sample.label_name == str(sample.label)
         _check_boxes(sample)
+        json.dumps(sample.meta)
+    assert shared > 0
+
+
+def test_megapixel_legacy_variant_keeps_digits_clean_and_distinct(train_digits: DigitSet) -> None:
+    for index in range(10):
+        sample = _megapixel(train_digits, index, **LEGACY_MEGAPIXEL)
+        classes = [box[4] for box in sample.boxes]
+        others = [c for c in classes if c != sample.label]
+        assert classes.count(sample.label) == 3 and len(set(others)) == len(others) == 2
         # The canvas is the original and noise never covers a digit: each box holds its digit.
-        for box, index in zip(sample.boxes, sample.meta["digit_indices"], strict=True):
+        for box, digit in zip(sample.boxes, sample.meta["digit_indices"], strict=True):
             row, col = round(box[1] * 300), round(box[0] * 300)
             assert np.array_equal(
-                sample.image[row : row + 28, col : col + 28, 0], train_digits.images[index]
+                sample.image[row : row + 28, col : col + 28, 0], train_digits.images[digit]
             )
-        json.dumps(sample.meta)
 
 
-def test_megapixel_noise_present_and_off_digits(train_digits: DigitSet) -> None:
-    quiet = _megapixel(train_digits, 0, noise_patches=0)
-    noisy = _megapixel(train_digits, 0)
+def test_megapixel_noise_covers_digits_by_overwriting_its_block(train_digits: DigitSet) -> None:
+    erased = 0
+    for index in range(10):
+        quiet = _megapixel(train_digits, index, noise_patches=0)
+        noisy = _megapixel(train_digits, index)
+        assert noisy.boxes == quiet.boxes  # the rng stream diverges after the digits
+        assert (noisy.image > 0).sum() > (quiet.image > 0).sum() + 50 * 20
+        # A patch replaces its block, zeros included: digit pixels under it go dark.
+        erased += int(((quiet.image > 0) & (noisy.image == 0)).sum())
+        # Patch corners lie in [28, 300 - 28) (the reference's positions): the top and left
+        # 28 px and the last row and column hold digit pixels only.
+        margin = np.ones((300, 300), dtype=bool)
+        margin[28:-1, 28:-1] = False
+        assert np.array_equal(noisy.image[margin], quiet.image[margin])
+    assert erased > 0
+
+
+@pytest.mark.parametrize("bank_size", [50, 1])
+def test_megapixel_noise_patch_is_a_whole_bank_pattern(
+    train_digits: DigitSet, bank_size: int
+) -> None:
+    bank = line_patterns(bank_size, 28, 0)
+    for index in range(5):
+        quiet = _megapixel(train_digits, index, noise_patches=0)
+        noisy = _megapixel(train_digits, index, noise_patches=1, noise_bank=bank_size)
+        rows, cols = np.nonzero(noisy.image[:, :, 0] != quiet.image[:, :, 0])
+        # Every pattern's first line starts at its top-left pixel: that is the block's corner.
+        r, c = rows.min(), cols.min()
+        block = noisy.image[r : r + 28, c : c + 28, 0]
+        assert any(np.array_equal(block, pattern) for pattern in bank)
+
+
+def test_megapixel_line_patterns() -> None:
+    bank = line_patterns(50, 28, 0)
+    assert bank.shape == (50, 28, 28) and bank.dtype == np.uint8
+    assert np.array_equal(bank, line_patterns(50, 28, 0))
+    assert not np.array_equal(bank, line_patterns(50, 28, 1))
+    lit = bank[bank > 0]
+    assert lit.min() >= 204 and lit.max() <= 255  # 0.8–1.0 of full brightness
+    assert lit.min() < 210 and lit.max() > 250  # drawn per pixel over that range
+    assert (bank[:, 0, 0] > 0).all()  # every first line leaves the top-left corner
+    # Thin lines, not blobs: two 1-px lines light at most ~2·2·28 pixels of 784.
+    assert ((bank > 0).sum(axis=(1, 2)) <= 4 * 28).all()
+    # Some second lines are mirrored: they leave the top-right corner.
+    assert 0 < (bank[:, 0, -1] > 0).sum() < 50
+
+
+def test_megapixel_legacy_noise_present_and_off_digits(train_digits: DigitSet) -> None:
+    quiet = _megapixel(train_digits, 0, noise_patches=0, **LEGACY_MEGAPIXEL)
+    noisy = _megapixel(train_digits, 0, **LEGACY_MEGAPIXEL)
     assert (noisy.image > 0).sum() > (quiet.image > 0).sum() + 50 * 20
     # Noise never lands on a digit, so each digit's box reads the same with or without noise
     # (the rng stream diverges only after the digits are placed).
@@ -360,12 +423,37 @@ def test_megapixel_noise_present_and_off_digits(train_digits: DigitSet) -> None:
         assert _box_mean(noisy.image, box) == _box_mean(quiet.image, box)
 
 
+def test_megapixel_segments_style(train_digits: DigitSet) -> None:
+    def noise_values(sample: Sample) -> set[int]:
+        off_digits = np.ones(sample.image.shape[:2], dtype=bool)
+        for r, c in sample.meta["digit_positions"]:
+            off_digits[r : r + 28, c : c + 28] = False
+        return set(np.unique(sample.image[off_digits, 0]).tolist())
+
+    lines = _megapixel(train_digits, 0, noise_over_digits=False)
+    segments = _megapixel(train_digits, 0, noise_over_digits=False, noise_style="segments")
+    assert lines.boxes == segments.boxes
+    # Pillow's 2-px segments are pure white; the bank's lines are 204–255 per pixel.
+    assert noise_values(segments) == {0, 255}
+    assert len(noise_values(lines)) > 20 and min(noise_values(lines) - {0}) >= 204
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
         ({"target_count": 0}, "target_count=0 must lie in 1..digits_per_image"),
         ({"target_count": 6}, "target_count=6 must lie in 1..digits_per_image"),
-        ({"digits_per_image": 13, "target_count": 3}, "10 non-target digits need"),
+        (
+            {"digits_per_image": 13, "target_count": 3, "distinct_others": True},
+            "10 non-target digits need",
+        ),
+        ({"digits_per_image": 6, "target_count": 3}, "could tie or outnumber the target_count=3"),
+        ({"noise_style": "dots"}, "noise_style='dots' is unknown"),
+        ({"noise_bank": 0}, "noise_bank=0"),
+        (
+            {"canvas_size": 56, "digits_per_image": 1, "target_count": 1},
+            "no room for noise inside a 28 px margin",
+        ),
         ({"canvas_size": 80}, r"canvas_size=80 cannot hold 5 .* use canvas_size >= 84"),
         ({"noise_patches": -1}, "noise_patches=-1"),
         ({"proxy_scale": 0.0}, r"proxy_scale=0.0 must lie in \(0, 1\]"),
@@ -385,7 +473,7 @@ def test_megapixel_generation_errors(train_digits: DigitSet) -> None:
             generate_megapixel(cfg, train_digits, sample_rng(0, "train", index))
     ones = train_digits.labels == 1
     only_ones = DigitSet(images=train_digits.images[ones], labels=train_digits.labels[ones])
-    with pytest.raises(GenerationError, match=r"has 0 digits|has no digits"):
+    with pytest.raises(GenerationError, match=r"has 0 digits|has no digits|holds 0 digits"):
         generate_megapixel(
             MegapixelMnistConfig(**SMALL_MEGAPIXEL), only_ones, sample_rng(0, "a", 0)
         )
