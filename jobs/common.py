@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -40,6 +42,14 @@ def run_main(
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse with the jobs' convention for bad input: one ``error: ...`` line, exit status 2
+    (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_key_values(pairs: Sequence[str], *, flag: str) -> dict[str, str]:

@@ -11,16 +11,17 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from jobs.common import run_main
+from jobs.common import JobParser, run_main
+from jobs.preflight import positive_int
 from jobs.training.assess import assess
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__)
+    p = JobParser(prog="python -m jobs.evaluate", description=__doc__)
     p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, ...")
     p.add_argument("--dataset", required=True, help="a published version: <root>/<version>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 

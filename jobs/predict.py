@@ -14,28 +14,29 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.common import init_ray, run_main
+from jobs.common import JobParser, run_main
 from jobs.ops import registry
 from jobs.ops.prediction import PredictRequest, load_pyfunc, model_channels, predict
 from jobs.ops.services import check_object_store, check_tracking_server
+from jobs.preflight import positive_float, positive_int, prediction_demand, start_ray
 from pipelines.storage import resolve_version
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__)
+    p = JobParser(prog="python -m jobs.predict", description=__doc__)
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--dataset", help="a dataset version <root>/<version>, or a root (its latest)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--images", help="a folder or s3:// prefix of image files")
     p.add_argument("--out", required=True, help="predictions Parquet file (local or s3://)")
     p.add_argument("--annotate", help="folder for annotated PNGs (local or s3://)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tile-size", type=int, default=256, help="raw images: tile edge")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--tile-size", type=positive_int, default=256, help="raw images: tile edge")
     p.add_argument("--tile-format", default="jpeg", choices=["raw", "png", "jpeg"])
-    p.add_argument("--proxy-side", type=int, default=256, help="raw images: proxy side")
-    p.add_argument("--actors", type=int, default=1, help="model replicas (Ray actors)")
-    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per model actor")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--proxy-side", type=positive_int, default=256, help="raw images: proxy side")
+    p.add_argument("--actors", type=positive_int, default=1, help="model replicas (Ray actors)")
+    p.add_argument("--actor-cpus", type=positive_float, default=1.0, help="CPUs per model actor")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         open_dataset(dataset)  # missing version or other schema: fails before Ray
     print(f"model {args.model} -> {ref.uri}; input {dataset or args.images}", flush=True)
-    init_ray(args.num_cpus)
+    start_ray(args.num_cpus, prediction_demand(args.actors, args.actor_cpus))
     summary = predict(request, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary.format())
     return 0

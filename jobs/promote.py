@@ -17,14 +17,15 @@ import socket
 import uuid
 from collections.abc import Sequence
 
-from jobs.common import run_main
+from jobs.common import JobParser, run_main
 from jobs.ops.promotion import Policy, PromotionRequest, promote, rollback
 from jobs.ops.services import check_object_store, check_tracking_server
+from jobs.preflight import positive_int
 from pipelines.storage import resolve_version
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.promote", description=__doc__)
+    p = JobParser(prog="python -m jobs.promote", description=__doc__)
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--candidate", help="the candidate's version number, or `latest`")
     p.add_argument(
@@ -40,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="use each version's newest recorded evaluation (jobs.evaluate) instead of evaluating",
     )
     p.add_argument("--rollback", action="store_true", help="restore the previous champion")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     args = p.parse_args(argv)
     if not args.rollback and args.candidate is None:
         p.error("--candidate is required (or --rollback)")

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from jobs.common import init_ray, run_main
+from jobs.common import JobParser, run_main
+from jobs.preflight import Demand, positive_int, start_ray, training_demand
 from jobs.training.recipes import make_recipe
 from jobs.training.tracking import tracking_uri
 from jobs.training.trainer import TrainOutcome, TrainRequest, train
@@ -33,18 +34,20 @@ MODELS = {  # table label → (recipe, registered model name)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.quickstart", description=__doc__)
+    p = JobParser(prog="python -m jobs.quickstart", description=__doc__)
     p.add_argument("--out", default="data/quickstart", help="dataset root (local path or s3://)")
-    p.add_argument("--train", type=int, default=3072, help="training images")
-    p.add_argument("--original-size", type=int, default=200, help="side of the originals, px")
-    p.add_argument("--epochs", type=int, help="override every recipe's epochs")
+    p.add_argument("--train", type=positive_int, default=3072, help="training images")
+    p.add_argument(
+        "--original-size", type=positive_int, default=200, help="side of the originals, px"
+    )
+    p.add_argument("--epochs", type=positive_int, help="override every recipe's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma list of table labels")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
-def _build(args: argparse.Namespace) -> str:
+def _build(args: argparse.Namespace, demand: Demand) -> str:
     held_out = max(args.train // 8, 8)
     config = BuildConfig(
         source="cluttered_mnist",
@@ -62,10 +65,17 @@ def _build(args: argparse.Namespace) -> str:
         },
     )
     preflight(config)
-    init_ray(args.num_cpus)
+    start_ray(args.num_cpus, demand)
     summary = build_dataset(config)
     print(summary.format(), flush=True)
     return summary.url
+
+
+def _demand(labels: list[str]) -> Demand:
+    """The largest training demand of the chosen models (they train one after another)."""
+    configs = [make_recipe(MODELS[label][0], "", {}) for label in labels]
+    demands = [training_demand(c.num_workers, c.cpus_per_worker, c.use_gpu) for c in configs]
+    return max(demands, key=lambda d: (d.gpus, d.cpus))
 
 
 def _train(label: str, dataset: str, args: argparse.Namespace) -> TrainOutcome:
@@ -136,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    dataset = _build(args)
+    if unknown or not chosen:
+        raise ValueError(f"--models {args.models!r}: unknown or none; choose from {list(MODELS)}")
+    dataset = _build(args, _demand(chosen))
     outcomes = {label: _train(label, dataset, args) for label in chosen}
     uris = {
         label: f"models:/{o.registered_model}/{o.model_version}" for label, o in outcomes.items()

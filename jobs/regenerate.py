@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs.common import init_ray, run_main
+from jobs.common import JobParser, run_main
 from jobs.ops.regeneration import load_spec, record_in_mlflow, regenerate
 from jobs.ops.services import check_object_store, check_tracking_server
+from jobs.preflight import BUILD_DEMAND, positive_int, start_ray
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.regenerate", description=__doc__)
+    p = JobParser(prog="python -m jobs.regenerate", description=__doc__)
     p.add_argument("--spec", required=True, help="YAML/JSON spec file (local path or URL)")
     p.add_argument("--only", action="append", help="regenerate only this dataset (repeatable)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = regenerate(
         specs,
         record=lambda result: record_in_mlflow(result, spec_url=args.spec),
-        before_build=lambda: init_ray(args.num_cpus),
+        before_build=lambda: start_ray(args.num_cpus, BUILD_DEMAND),
     )
     for result in results:
         print(result.format())

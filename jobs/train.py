@@ -13,13 +13,14 @@ import os
 import time
 from collections.abc import Sequence
 
-from jobs.common import init_ray, parse_key_values, run_main
+from jobs.common import JobParser, parse_key_values, run_main
+from jobs.preflight import positive_int, start_ray, training_demand
 from jobs.training.recipes import RECIPES, make_recipe
 from jobs.training.trainer import TrainRequest, train
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__)
+    p = JobParser(prog="python -m jobs.train", description=__doc__)
     p.add_argument("--recipe", required=True, help=f"one of {sorted(RECIPES)}")
     p.add_argument("--dataset", required=True, help="a published version: <root>/<version>")
     p.add_argument(
@@ -36,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where Ray Train keeps checkpoints (local path or s3://)",
     )
     p.add_argument("--experiment", default="saccade", help="MLflow experiment")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
 
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=config, name=name, storage=args.storage, experiment=args.experiment
     )
     request.check()  # bad dataset, schema or model settings fail here, before Ray starts
-    init_ray(args.num_cpus)
+    demand = training_demand(config.num_workers, config.cpus_per_worker, config.use_gpu)
+    start_ray(args.num_cpus, demand)
     outcome = train(request)
     print(outcome.format())
     return 0

@@ -76,6 +76,11 @@ def _variant(name: str) -> Variant:
     return _REGISTRY[name]
 
 
+def config_type(name: str) -> type:
+    """The config dataclass of the registered model `name` (its fields are the settings)."""
+    return _variant(name).config
+
+
 def model_config(name: str, **cfg: Any) -> Any:
     """The config `create_model(name, **cfg)` would use (for logging a run's parameters)."""
     variant = _variant(name)

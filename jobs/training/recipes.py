@@ -8,6 +8,8 @@ tests use; the `*_gpu` recipes are the paper-scale runs (MODEL.md).
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,15 +54,25 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_workers", "picture_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # max_failures=-1 would be Ray's "retry forever": a deterministic failure then never ends
+        for name in ("warmup_steps", "seed", "max_failures", "picture_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kl_weight", "recon_weight", "aux_weight", "score_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.curriculum_steps < 0 or not 0 < self.curriculum_start <= 1:
             raise ValueError(
                 f"need curriculum_steps >= 0 and 0 < curriculum_start <= 1, got "
                 f"{self.curriculum_steps}, {self.curriculum_start}"
             )
-        if self.lr <= 0 or self.cpus_per_worker <= 0:
-            raise ValueError(
-                f"lr and cpus_per_worker must be > 0, got {self.lr}, {self.cpus_per_worker}"
-            )
+        for name in ("lr", "cpus_per_worker", "clip_value"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not self.registered_model.strip():
+            raise ValueError("registered_model must be a non-empty name")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,42 +224,88 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
 
 def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainConfig:
     """The recipe `name` for `dataset` with `key=value` overrides (``model_cfg.key`` reaches the
-    model's config). Unknown recipes and keys are named in the error."""
+    model's config). Each value is parsed by the annotated type of its field (TrainConfig's, or
+    the model's config dataclass for ``model_cfg.key``); unknown recipes and keys, and values of
+    the wrong type, are named in the error."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; use one of {sorted(RECIPES)}")
     values = RECIPES[name](dataset).to_dict()
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    types = typing.get_type_hints(TrainConfig)
+    model_keys = {k: v for k, v in overrides.items() if k.startswith("model_cfg.")}
     for key, raw in overrides.items():
-        if key.startswith("model_cfg."):
-            values["model_cfg"][key.removeprefix("model_cfg.")] = _parse_value(raw)
+        if key in model_keys:
             continue
-        if key not in fields or key == "model_cfg":
-            raise ValueError(f"unknown setting {key!r}; known: {sorted(fields)} or model_cfg.KEY")
-        values[key] = _coerce(key, raw, values[key])
+        if key not in types or key == "model_cfg":
+            raise ValueError(f"unknown setting {key!r}; known: {sorted(types)} or model_cfg.KEY")
+        values[key] = parse_setting(key, raw, types[key])
+    if model_keys:
+        # after the plain settings: `--set model=...` decides which config the keys belong to
+        model_types = _model_setting_types(values["model"])
+        for key, raw in model_keys.items():
+            field_name = key.removeprefix("model_cfg.")
+            if field_name not in model_types:
+                raise ValueError(
+                    f"unknown {values['model']} settings [{field_name!r}]; known: "
+                    f"{sorted(model_types)}"
+                )
+            values["model_cfg"][field_name] = parse_setting(key, raw, model_types[field_name])
     return TrainConfig.from_dict(values)
 
 
-def _coerce(key: str, raw: str, current: Any) -> Any:
-    """Parse an override to the type of the recipe's current value."""
-    if isinstance(current, bool):
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"setting {key}={raw!r} must be true or false")
-        return raw.lower() in ("true", "1")
-    try:
-        return type(current)(raw)
-    except ValueError:
-        raise ValueError(f"setting {key}={raw!r} is not a valid {type(current).__name__}") from None
+def _model_setting_types(model: str) -> dict[str, Any]:
+    from model.registry import config_type
+
+    return typing.get_type_hints(config_type(model))
 
 
-def _parse_value(raw: str) -> Any:
-    """A model setting: int, float, bool, a comma tuple of ints ("1,1,1"), or a string."""
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for parse in (int, float):
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_setting(key: str, raw: str, annotation: Any) -> Any:
+    """``raw`` as a value of the annotated type: a bool (true/false/1/0/yes/no), an int, a finite
+    float, a string, a tuple of ints ("1,1,1"), or None (``none``) where the field is optional.
+    A ValueError names the setting, the value and what it accepts."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # `X | None`
+        if raw.strip().lower() in ("none", "null"):
+            return None
+        (annotation,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(annotation)
+    if annotation is bool:
+        if raw.strip().lower() not in BOOL_WORDS:
+            raise ValueError(f"setting {key}={raw!r} must be one of true/false/1/0/yes/no")
+        return BOOL_WORDS[raw.strip().lower()]
+    if annotation is int:
+        return _parse_int(key, raw, "an integer")
+    if annotation is float:
+        return _parse_float(key, raw)
+    if annotation is str:
+        if not raw.strip():
+            raise ValueError(f"setting {key} is empty; give a value")
+        return raw.strip()
+    if typing.get_origin(annotation) is tuple and args == (int, Ellipsis):
         try:
-            return parse(raw)
+            return tuple(int(p) for p in raw.split(","))
         except ValueError:
-            pass
-    if "," in raw:
-        return tuple(int(p) for p in raw.split(",") if p)
-    return raw
+            raise ValueError(
+                f"setting {key}={raw!r} is not a valid int tuple: use integers separated by "
+                f'commas, e.g. "1,1,1"'
+            ) from None
+    raise ValueError(f"setting {key} cannot be given on the command line")
+
+
+def _parse_int(key: str, raw: str, what: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"setting {key}={raw!r} is not a valid int: use {what}") from None
+
+
+def _parse_float(key: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"setting {key}={raw!r} is not a valid float") from None
+    if not math.isfinite(value):
+        raise ValueError(f"setting {key}={raw!r} must be a finite number")
+    return value

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from jobs.preflight import check_against_dataset
 from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset, read_split
 from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
 from jobs.training.packaging import log_and_register
@@ -47,6 +48,7 @@ class TrainRequest:
             "class_parts": list(manifest.get("class_parts") or []),
             "channels": int(first.column("channels")[0].as_py()),
         }
+        check_against_dataset(self.config.model_cfg, self.data, self.config.dataset)
         build_model(self.config, self.data)  # unknown model or settings → ValueError
         return version
 

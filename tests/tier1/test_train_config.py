@@ -48,7 +48,7 @@ def test_overrides_are_typed_and_reach_the_model_config() -> None:
         ({"epoch": "3"}, "unknown setting 'epoch'"),
         ({"objective": "sum"}, "unknown objective 'sum'"),
         ({"batch_size": "0"}, "batch_size must be >= 1"),
-        ({"use_gpu": "maybe"}, "must be true or false"),
+        ({"use_gpu": "maybe"}, "must be one of true/false/1/0/yes/no"),
     ],
 )
 def test_bad_overrides(overrides: dict[str, str], message: str) -> None:
