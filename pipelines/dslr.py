@@ -5,6 +5,9 @@ Inputs (``DslrConfig.input``, any ``pipelines.storage`` URL, so ``s3://`` works)
 - ``<class>/<file>``: splits assigned by hash;
 - any files plus a labels CSV (``labels``) with a header ``path,label[,split]``; paths relative to
   the input root (or absolute / URLs); without a split column, splits are assigned by hash.
+  Optional columns ``x0,y0,x1,y1`` give one ground-truth box of the labelled object per photo
+  (fractions of the stored, EXIF-oriented image's width and height; class = the label), which
+  scores where a model looks; empty cells: no box.
 Hash split: sha256 of the path relative to the root (``pipelines.inputs.hash_split``), so adding
 files never moves others between splits. Class indices follow the sorted class names (numerically
 when every name is an integer: ``20, 30, 100``).
@@ -35,7 +38,7 @@ limit is the one that applies.
 Reject reasons (prefixes are stable; the rest names the detail): ``empty file``,
 ``unreadable: ...``, ``not an image: ...``, ``corrupt: ...``, ``truncated: ...``,
 ``over the pixel limit: ...``, ``duplicate of <path>``, ``not in the ... layout``,
-``no label``, ``unknown split ...``.
+``no label``, ``unknown split ...``, ``bad box ...``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ INPUT_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("size", pa.int64()),
         ("reason", pa.string()),  # set when the input is already known to be unusable
+        ("box", pa.string()),  # JSON [x0, y0, x1, y1] from the labels file, or null
     ]
 )
 
@@ -85,7 +89,8 @@ class DslrConfig:
     """A photo folder or bucket to ingest."""
 
     input: str  # folder or bucket prefix (layouts in the module docstring)
-    labels: str | None = None  # labels CSV URL (path,label[,split]); None = labels from folders
+    # labels CSV URL (path,label[,split][,x0,y0,x1,y1]); None = labels from folders
+    labels: str | None = None
     max_pixels: int = 120_000_000  # decompression-bomb guard: larger images are rejected
     proxy_max_side: int = 256  # proxy's longer side, px
     jpeg_quality: int = 90  # quality of the JPEG tiles
@@ -115,7 +120,7 @@ def list_photos(cfg: DslrConfig) -> tuple[list[dict[str, Any]], list[str]]:
     class_names = _sorted_classes({e["label_name"] for e in entries if e["reason"] is None})
     index = {name: i for i, name in enumerate(class_names)}
     items = [
-        {**e, "_index": i, "label": index.get(e["label_name"]), "sha256": None}
+        {**e, "_index": i, "label": index.get(e["label_name"]), "sha256": None, "box": e.get("box")}
         for i, e in enumerate(entries)
     ]
     return items, class_names
@@ -184,8 +189,33 @@ def _csv_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
             )
         elif not label:
             entry.update(label_name=None, reason="no label in the labels file")
+        else:
+            _add_box(entry, row)
         entries.append(entry)
     return entries
+
+
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+
+
+def _add_box(entry: dict[str, Any], row: dict[str, str | None]) -> None:
+    """The labels file's box for this entry (JSON in ``box``), or the reject reason."""
+    cells = [(row.get(c) or "").strip() for c in BOX_COLUMNS]
+    if not any(cells):
+        return
+    try:
+        x0, y0, x1, y1 = (float(c) for c in cells)
+    except ValueError:
+        entry.update(label_name=None, reason=f"bad box {cells} in the labels file: not 4 numbers")
+        return
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        entry.update(
+            label_name=None,
+            reason=f"bad box {cells} in the labels file: need 0 <= x0 < x1 <= 1 and "
+            "0 <= y0 < y1 <= 1 (fractions of the width and height)",
+        )
+        return
+    entry["box"] = json.dumps([x0, y0, x1, y1])
 
 
 # --- 2. Hashing (Ray stage) and 3. duplicates (driver) --------------------------------------------
@@ -246,7 +276,9 @@ def inputs_fingerprint(records: list[dict[str, Any]]) -> str:
     """
     h = hashlib.sha256()
     for item in sorted(records, key=lambda r: r["_index"]):
-        h.update(f"{item['ref']}\0{item['size']}\0{item['label_name']}\0{item['split']}\n".encode())
+        h.update(f"{item['ref']}\0{item['size']}\0{item['label_name']}\0{item['split']}".encode())
+        # Only labelled boxes add to the hash: versions built without boxes keep theirs.
+        h.update(f"\0{item['box']}\n".encode() if item.get("box") else b"\n")
     return h.hexdigest()
 
 
@@ -326,11 +358,19 @@ def photo_row(
         "label": item["label"],
         "label_name": item["label_name"],
         **photo.columns(),
-        "boxes": [],
+        "boxes": _boxes(item),
         "meta": json.dumps(meta, sort_keys=True),
         REJECT_REASON: None,
         REJECT_REF: None,
     }
+
+
+def _boxes(item: dict[str, Any]) -> list[dict[str, float | int]]:
+    """The labels file's box as the schema's ``boxes`` (class = the label); none without one."""
+    if not item.get("box"):
+        return []
+    x0, y0, x1, y1 = json.loads(item["box"])
+    return [{"x0": x0, "y0": y0, "x1": x1, "y1": y1, "cls": item["label"]}]
 
 
 def _header(data: bytes) -> tuple[str, str, tuple[int, int]]:
