@@ -32,10 +32,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.model} on {args.dataset} [{args.split}] (MLflow run {result.run_id})")
     for key, value in sorted(result.metrics.items()):
         print(f"  {key}: {value:.4f}")
+    if result.corrupt:
+        print(f"  skipped {len(result.corrupt)} corrupt row(s) (see python -m jobs.verify):")
+        for image_id, reason in result.corrupt[:10]:
+            print(f"    {image_id}: {reason}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"metrics": result.metrics, "per_class": result.per_class, "run_id": result.run_id},
+                {
+                    "metrics": result.metrics,
+                    "per_class": result.per_class,
+                    "run_id": result.run_id,
+                    "corrupt_rows": [list(c) for c in result.corrupt],
+                },
                 f,
                 indent=2,
             )

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from pipelines import dslr
 from pipelines.digits import load_digits, split_digits
+from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest, with_digests
 from pipelines.sc2 import replays
 from pipelines.schema import IMAGE_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, SPLITS
 from pipelines.sources import (
@@ -44,7 +45,14 @@ from pipelines.tiling import REJECT_REASON, REJECT_REF
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = pa.schema(
-    [("split", pa.string()), ("rows", pa.int64()), ("rejects", pa.int64()), ("bytes", pa.int64())]
+    [
+        ("split", pa.string()),
+        ("rows", pa.int64()),
+        ("rejects", pa.int64()),
+        ("bytes", pa.int64()),
+        ("file", pa.string()),  # the rows' file name (None: no rows)
+        ("digest", pa.string()),  # the digest of its rows' digests (pipelines.integrity)
+    ]
 )
 
 
@@ -127,6 +135,7 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
     """Stage: write a batch's rows to ``split=<s>/`` and its rejects to ``rejects/``.
 
     File names come from the batch's first global index, so a rebuild writes the same files.
+    Every source's rows pass through here: this is where each row's digest is stamped.
     Returns one summary row per split touched.
     """
     fs, root = filesystem(staging_url)
@@ -138,12 +147,14 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
     for split in sorted(set(batch.column("split").to_pylist())):
         rows = good.filter(pa.compute.equal(good.column("split"), split))
         rejects = bad.filter(pa.compute.equal(bad.column("split"), split))
-        nbytes = 0
+        nbytes, name, digest = 0, None, None
         if rows.num_rows:
             directory = join(root, f"split={split}")
             fs.makedirs(directory, exist_ok=True)
-            table = rows.select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)
-            nbytes += write_parquet(fs, join(directory, f"part-{first:08d}.parquet"), table)
+            table = with_digests(rows).select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)
+            name = f"part-{first:08d}.parquet"
+            digest = digest_of(table.column(DIGEST_COLUMN).to_pylist())
+            nbytes += write_parquet(fs, join(directory, name), table)
         if rejects.num_rows:
             directory = join(root, REJECTS_DIR)
             fs.makedirs(directory, exist_ok=True)
@@ -154,7 +165,14 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
             )
             nbytes += write_parquet(fs, join(directory, f"part-{first:08d}-{split}.parquet"), table)
         summary.append(
-            {"split": split, "rows": rows.num_rows, "rejects": rejects.num_rows, "bytes": nbytes}
+            {
+                "split": split,
+                "rows": rows.num_rows,
+                "rejects": rejects.num_rows,
+                "bytes": nbytes,
+                "file": name,
+                "digest": digest,
+            }
         )
     return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
@@ -219,6 +237,7 @@ def build_dataset(
         manifest = _manifest(
             config, source_config, tile_format, version, plan, rows, rejects, nbytes, seconds
         )
+        manifest["data_digests"] = _data_digests(summary_rows)
         final = staging.publish(manifest)
     except BaseException:
         staging.discard()
@@ -343,6 +362,15 @@ def _collect(ds: Any, total: int, start: float, say: Callable[[str], None]) -> l
             say(f"[build] {done}/{total} images ({100 * done / total:.0f}%), {rate:.1f} images/s")
             last = now
     return rows
+
+
+def _data_digests(summary_rows: list[dict]) -> dict[str, str]:
+    """Per split, the digest of its files' row digests (pipelines.integrity.split_digest)."""
+    files: dict[str, dict[str, str]] = {}
+    for row in summary_rows:
+        if row["file"] is not None:
+            files.setdefault(row["split"], {})[row["file"]] = row["digest"]
+    return {split: split_digest(by_name) for split, by_name in sorted(files.items())}
 
 
 def _manifest(

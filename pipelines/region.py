@@ -18,8 +18,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.codec import check_format, decode_array, encode_tiles, tile_grid, tile_shape
+from pipelines.codec import (
+    CodecError,
+    check_format,
+    decode_array,
+    encode_tiles,
+    tile_grid,
+    tile_shape,
+)
 from pipelines.pyramid import LEVEL_FACTOR, LEVEL_FORMAT, check_factor, level_size, pool_array
+
+
+class CorruptImageError(CodecError):
+    """Image ``index`` of a batch cannot be read (a tile or its proxy fails to decode): the
+    caller may drop that image and go on with the others."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"image {index} of the batch: {message}")
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -132,7 +148,8 @@ class TileRegionReader:
     def __init__(self, images: Sequence[TiledImage], *, threads: int = 1) -> None:
         self.images = list(images)
         self.threads = threads
-        self.tiles_decoded = 0
+        self.tiles_decoded = 0  # full-resolution and level tiles decoded, all images
+        self.tiles_decoded_by_image = [0] * len(self.images)  # the same, per image of the batch
         self._levels: dict[int, TiledImage] = {}  # image index → its stored level, as an image
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}  # (image, level, tile) → pixels
         self._lock = threading.Lock()
@@ -184,7 +201,10 @@ class TileRegionReader:
         sources = {(b, src): self._source(b, src) for b, src, _ in missing}
 
         def decode(key: tuple[int, int, int]) -> np.ndarray:
-            return sources[key[:2]].decode_tile(key[2])
+            try:
+                return sources[key[:2]].decode_tile(key[2])
+            except CodecError as exc:
+                raise CorruptImageError(key[0], f"tile {key[2]}: {exc}") from exc
 
         if self.threads > 1 and len(missing) > 1:
             # Pillow releases the GIL while decoding, so threads decode tiles in parallel.
@@ -195,6 +215,8 @@ class TileRegionReader:
         with self._lock:
             self._cache.update(zip(missing, arrays, strict=True))
             self.tiles_decoded += len(missing)
+            for b, _, _ in missing:
+                self.tiles_decoded_by_image[b] += 1
 
     def _assemble(self, b: int, src: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         image = self._source(b, src)

@@ -1,9 +1,11 @@
-"""The Parquet contract between pipelines and training: schema version 2.
+"""The Parquet contract between pipelines and training: schema version 3.
 
 One row per image; the image is stored as encoded row-major tiles plus an encoded proxy. Version 2
-adds a pooled level of the original (``level_factor``, ``level_tiles``: the image area-pooled by
+added a pooled level of the original (``level_factor``, ``level_tiles``: the image area-pooled by
 a power of two, raw tiles of the same tile size; ``pipelines.pyramid``), from which the model reads
-its large glimpses; version 1 datasets must be rebuilt. The schema version travels in the Parquet
+its large glimpses. Version 3 adds ``digest``, the SHA-256 of what the row stores
+(``pipelines.integrity``), checked whenever the row is read. Datasets of earlier versions must be
+rebuilt. The schema version travels in the Parquet
 schema metadata under ``saccade.schema_version`` so that a reader can refuse data it does not
 understand before touching a row.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = b"saccade.schema_version"
 SPLITS = ("train", "val", "test")
 
@@ -50,6 +52,7 @@ IMAGE_SCHEMA = pa.schema(
         ("proxy_width", pa.int32()),
         ("boxes", pa.list_(BOX_TYPE)),
         ("meta", pa.string()),
+        ("digest", pa.string()),  # hex SHA-256 of the row's stored bytes (pipelines.integrity)
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )

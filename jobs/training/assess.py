@@ -6,16 +6,19 @@ evaluated on the same dataset version).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset, table_to_batch
-from jobs.training.evaluation import EvalResult, PeakRss, evaluate
+from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset
+from jobs.training.evaluation import EvalResult, PeakRss, evaluate_tables
 from jobs.training.tracking import ensure_experiment, tracking_uri
-from model.interface import Batch, BatchClassifier
+from model.interface import BatchClassifier
+from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
 from pipelines.storage import DatasetVersion
 
 EVAL_EXPERIMENT = "saccade-evaluations"
@@ -31,6 +34,7 @@ class Assessment:
     metrics: dict[str, float]
     per_class: dict[str, float]
     run_id: str
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # skipped rows: (id, reason)
 
 
 def load_classifier(model_uri: str) -> tuple[BatchClassifier, Any]:
@@ -46,7 +50,11 @@ def load_classifier(model_uri: str) -> tuple[BatchClassifier, Any]:
     return pyfunc.unwrap_python_model().model, pyfunc
 
 
-def _batches(version: DatasetVersion, split: str, batch_size: int) -> Iterator[Batch]:
+def _tables(
+    version: DatasetVersion, split: str, batch_size: int, observed: SplitDigest
+) -> Iterator[tuple[pa.Table, RowCheck]]:
+    """The split's rows, file by file, each table with its digest check; the digests recomputed
+    from what is stored go into `observed` (the split's digest as the data says)."""
     files = version.files(split)
     if not files:
         raise ValueError(f"dataset {version.url} has no {split!r} split")
@@ -55,9 +63,10 @@ def _batches(version: DatasetVersion, split: str, batch_size: int) -> Iterator[B
             for record_batch in pq.ParquetFile(f).iter_batches(
                 batch_size=batch_size, columns=TRAIN_COLUMNS
             ):
-                import pyarrow as pa
-
-                yield table_to_batch(pa.Table.from_batches([record_batch]))
+                table = pa.Table.from_batches([record_batch])
+                check = check_digests(table)
+                observed.add(os.path.basename(path), check.recomputed)
+                yield table, check
 
 
 def assess(
@@ -78,10 +87,15 @@ def assess(
         else model_uri
     )
     model, _ = load_classifier(model_uri_loaded)
+    observed = SplitDigest()
     with PeakRss() as memory:
-        result: EvalResult = evaluate(
-            model, _batches(version, split, batch_size), int(version.manifest["num_classes"])
+        result: EvalResult = evaluate_tables(
+            model,
+            _tables(version, split, batch_size, observed),
+            int(version.manifest["num_classes"]),
         )
+    # The dataset as read: a copy whose bytes changed is another dataset, whatever its manifest.
+    seen = observed_manifest(version.manifest, {split: observed.hexdigest()})
     metrics = result.metrics(split)
     # Peak resident-set growth while evaluating (model already loaded): what inference needed.
     metrics[f"{split}/peak_memory_growth_mb"] = memory.growth_mb
@@ -90,7 +104,9 @@ def assess(
     per_class = {
         names[k] if k < len(names) else str(k): v for k, v in result.per_class_accuracy().items()
     }
-    run_id = _log(model_uri, version, split, metrics, per_class, {**model_tags, **(tags or {})})
+    run_id = _log(
+        model_uri, version, seen, split, metrics, per_class, {**model_tags, **(tags or {})}
+    )
     return Assessment(
         model_uri=model_uri,
         dataset=dataset,
@@ -98,12 +114,14 @@ def assess(
         metrics=metrics,
         per_class=per_class,
         run_id=run_id,
+        corrupt=result.corrupt,
     )
 
 
 def _log(
     model_uri: str,
     version: DatasetVersion,
+    manifest: dict[str, Any],
     split: str,
     metrics: dict[str, float],
     per_class: dict[str, float],
@@ -118,7 +136,7 @@ def _log(
             {
                 "model_uri": model_uri,
                 "dataset.version": version.url,
-                "dataset.manifest_sha256": manifest_hash(version.manifest),
+                "dataset.manifest_sha256": manifest_hash(manifest),
                 **tags,
             }
         )

@@ -1,14 +1,20 @@
-"""From dataset rows (schema v2) to the model's `Batch`, and the Ray Data side of training.
+"""From dataset rows (schema v3) to the model's `Batch`, and the Ray Data side of training.
 
 The model never sees Parquet: a batch carries the decoded proxies, the labels, the object boxes and
 a `TileRegionReader` over the encoded tiles, which decodes only what the glimpses touch.
+
+Corrupt rows never stop a run: `run_on_intact_rows` drops the rows whose stored digest does not
+match their bytes, and the rows whose tiles or proxy fail to decode when the step reads them, runs
+the step on the rest, and says which rows it dropped and why, for the caller to count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from model.interface import Batch
-from pipelines.region import TiledImage, TileRegionReader
+from pipelines.integrity import RowCheck, check_digests
+from pipelines.region import CorruptImageError, TiledImage, TileRegionReader
 from pipelines.schema import IMAGE_SCHEMA, SchemaError, validate_schema
 from pipelines.storage import DatasetVersion
 from pipelines.tiling import decode_proxy
@@ -63,9 +70,23 @@ def read_split(version: DatasetVersion, split: str) -> Any:
     )
 
 
+def _decode_proxy(index: int, data: bytes) -> np.ndarray:
+    try:
+        return decode_proxy(data)
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise CorruptImageError(index, f"proxy: {exc}") from exc
+
+
+def _tiled_image(index: int, row: dict[str, Any]) -> TiledImage:
+    try:
+        return TiledImage.from_row(row)
+    except ValueError as exc:  # a tile count or format that does not fit the image
+        raise CorruptImageError(index, str(exc)) from exc
+
+
 def _proxies(table: pa.Table) -> torch.Tensor:
     """Decoded proxies as a float B×C×h×w tensor in [0, 1]; odd-sized ones resized to the first."""
-    arrays = [decode_proxy(b) for b in table.column("proxy").to_pylist()]
+    arrays = [_decode_proxy(i, b) for i, b in enumerate(table.column("proxy").to_pylist())]
     tensors = [torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255 for a in arrays]
     size = tensors[0].shape[1:]
     tensors = [
@@ -87,12 +108,13 @@ def _gt_boxes(table: pa.Table) -> list[torch.Tensor]:
 def table_to_batch(
     table: pa.Table, *, device: torch.device | str = "cpu", threads: int = 1
 ) -> Batch:
-    """A model `Batch` for the rows of `table` (the reader stays on the CPU; glimpses move)."""
+    """A model `Batch` for the rows of `table` (the reader stays on the CPU; glimpses move).
+    A row that cannot be read raises CorruptImageError with its index in `table`."""
     image_columns = ["height", "width", "channels", "tile_size", "tile_format", "tiles"]
     # the pooled level where the table has it (schema v2 rows; prediction requests too)
     image_columns += [c for c in ("level_factor", "level_tiles") if c in table.column_names]
     rows = table.select(image_columns)
-    images = [TiledImage.from_row(r) for r in rows.to_pylist()]
+    images = [_tiled_image(i, r) for i, r in enumerate(rows.to_pylist())]
     # Unlabelled rows (prediction requests) get label 0 and no boxes: nothing reads them.
     labels = (
         table.column("label").to_pylist() if "label" in table.column_names else [0] * len(images)
@@ -104,3 +126,58 @@ def table_to_batch(
         gt_boxes=_gt_boxes(table) if "boxes" in table.column_names else None,
     )
     return batch.to(device)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class StepOnRows(Generic[T]):
+    """What `run_on_intact_rows` did with one table of rows."""
+
+    result: T | None  # the step's result; None when no row could be used
+    rows: int  # rows the step ran on
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image_id, reason) per row
+
+
+def run_on_intact_rows(
+    table: pa.Table,
+    step: Callable[[Batch], T],
+    *,
+    device: torch.device | str = "cpu",
+    threads: int = 1,
+    check: RowCheck | None = None,
+) -> StepOnRows[T]:
+    """Run `step` on the batch of `table`'s usable rows: rows whose stored digest does not match
+    their bytes are dropped first (`check`: an earlier `check_digests(table)`); a row whose tiles
+    or proxy fail to decode while the step reads them is dropped and the step run again on the
+    others (a failed forward pass has changed nothing: the step's backward never ran)."""
+    check = check or check_digests(table)
+    skipped = [(image_id, reason) for _, image_id, reason in check.problems]
+    if check.problems:
+        table = table.filter(pa.array(check.intact))
+    while table.num_rows:
+        try:
+            result = step(table_to_batch(table, device=device, threads=threads))
+        except CorruptImageError as exc:
+            skipped.append((_image_id(table, exc.index), f"cannot decode: {exc}"))
+            table = _without_row(table, exc.index)
+            continue
+        return StepOnRows(result, table.num_rows, skipped)
+    return StepOnRows(None, 0, skipped)
+
+
+def intact_rows(table: pa.Table) -> pa.Table:
+    """The rows of `table` whose stored digest matches their bytes."""
+    check = check_digests(table)
+    return table.filter(pa.array(check.intact)) if check.problems else table
+
+
+def _image_id(table: pa.Table, index: int) -> str:
+    if "image_id" not in table.column_names:
+        return f"row {index}"
+    return str(table.column("image_id")[index].as_py())
+
+
+def _without_row(table: pa.Table, index: int) -> pa.Table:
+    return pa.concat_tables([table.slice(0, index), table.slice(index + 1)])

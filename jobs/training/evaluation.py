@@ -1,5 +1,6 @@
 """Evaluate a model over batches: accuracy (overall and per class), the confusion matrix, the
-glimpse localisation score beside a centred box of the same size, latency and peak memory."""
+glimpse localisation score beside a centred box of the same size, latency and peak memory, and
+the rows skipped as corrupt (counted, never fatal)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from jobs.training.data import run_on_intact_rows
 from model.interface import Batch, BatchClassifier
 from model.step import eval_step
+from pipelines.integrity import RowCheck
 
 
 @dataclass
@@ -29,6 +33,7 @@ class EvalResult:
     hits: float = 0.0  # of those, glimpses whose box contains an object's centre
     centred_hits: float = 0.0  # the same for a centred box of the same size
     seconds: float = 0.0  # wall time inside the model (decoding the glimpses' tiles included)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # skipped rows: (id, reason)
     confusion: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +70,7 @@ class EvalResult:
             f"{prefix}/accuracy": self.accuracy,
             f"{prefix}/ce": self.ce_sum / max(self.images, 1),
             f"{prefix}/latency_ms": 1000 * self.seconds / max(self.images, 1),
+            f"{prefix}/corrupt_rows": float(len(self.corrupt)),
         }
         if self.glimpses:
             out[f"{prefix}/hit_rate"] = self.hits / self.glimpses
@@ -79,6 +85,30 @@ def evaluate(model: BatchClassifier, batches: Iterable[Batch], num_classes: int)
         start = time.perf_counter()
         out = eval_step(model, batch)
         result.add(batch, out, time.perf_counter() - start)
+    return result
+
+
+def evaluate_tables(
+    model: BatchClassifier,
+    tables: Iterable[tuple[pa.Table, RowCheck | None]],
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """`evaluate` over tables of dataset rows (each with its digest check, if already made):
+    corrupt rows are skipped and listed in `EvalResult.corrupt`."""
+    result = EvalResult(num_classes=num_classes)
+
+    def step(batch: Batch) -> tuple[Batch, dict, float]:
+        start = time.perf_counter()
+        out = eval_step(model, batch)
+        return batch, out, time.perf_counter() - start
+
+    for table, check in tables:
+        done = run_on_intact_rows(table, step, device=device, check=check)
+        result.corrupt.extend(done.skipped)
+        if done.result is not None:
+            result.add(*done.result)
     return result
 
 

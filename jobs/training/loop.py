@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.training.data import table_to_batch
-from jobs.training.evaluation import EvalResult, evaluate, peak_memory_mb
+from jobs.training.data import StepOnRows, run_on_intact_rows
+from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
 from jobs.training.pictures import confusion_picture, glimpse_picture
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import Tracker
-from model.interface import BatchClassifier
+from model.interface import Batch, BatchClassifier
 from model.loss import ObjectiveConfig
 from model.registry import create_model
 from model.step import LossModule, train_step
@@ -93,23 +93,35 @@ def _train_epoch(
     import ray.train
 
     shard = ray.train.get_dataset_shard("train")
+    world = ray.train.get_context().get_world_size()
     sums: dict[str, float] = {}
-    steps, samples, start = 0, 0, time.perf_counter()
+    steps, samples, corrupt, start = 0, 0, 0, time.perf_counter()
+    last_intact: pa.Table | None = None
+
+    def step(batch: Batch) -> dict[str, float]:
+        # the scheduler counts optimiser steps and is checkpointed: a resumed run continues
+        before_step(scheduler.last_epoch)
+        return train_step(module, batch, optimizer, objective_of(cfg), clip_value=cfg.clip_value)
+
     for table in shard.iter_batches(
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         local_shuffle_buffer_size=4 * cfg.batch_size,
         local_shuffle_seed=cfg.seed * 100_003 + epoch,
     ):
-        batch = table_to_batch(table, device=device)
-        # the scheduler counts optimiser steps and is checkpointed: a resumed run continues
-        before_step(scheduler.last_epoch)
-        parts = train_step(module, batch, optimizer, objective_of(cfg), clip_value=cfg.clip_value)
+        done: StepOnRows[dict[str, float]] = run_on_intact_rows(table, step, device=device)
+        corrupt += len(done.skipped)
+        if done.result is None and world > 1:
+            done = _repeat_step(last_intact, step, device)
+        if done.result is None:
+            continue  # one worker: a batch with no intact row is no step
+        last_intact = table
+        parts = done.result
         scheduler.step()
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
-        samples += table.num_rows
+        samples += done.rows
         if steps % PROGRESS_STEPS == 0 and ray.train.get_context().get_world_rank() == 0:
             rate = samples / (time.perf_counter() - start)
             mean = {k: v / steps for k, v in sums.items()}
@@ -124,18 +136,38 @@ def _train_epoch(
     # Shards are equal-sized, so this worker's rate times the world size is the job's rate.
     out["train/samples_per_s"] = world * samples / max(seconds, 1e-9)
     out["train/epoch_seconds"] = seconds
+    out["train/corrupt_rows"] = float(_sum_over_workers(corrupt, world, device))
     return out
+
+
+def _repeat_step(
+    last_intact: pa.Table | None, step: Callable[[Batch], dict[str, float]], device: torch.device
+) -> StepOnRows[dict[str, float]]:
+    """Every worker must take every step (DDP all-reduces each step's gradients): a worker whose
+    whole batch was corrupt takes its step on its previous intact batch instead of skipping."""
+    if last_intact is None:
+        raise RuntimeError(
+            "every row of this worker's first training batch is corrupt: run "
+            "`python -m jobs.verify --dataset ...` and rebuild the dataset"
+        )
+    return run_on_intact_rows(last_intact, step, device=device)
+
+
+def _sum_over_workers(value: int, world: int, device: torch.device) -> int:
+    """`value` summed over the training workers (each counts the rows of its own shard)."""
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def _validate(model: BatchClassifier, num_classes: int, device: torch.device) -> EvalResult:
     import ray.train
 
     shard = ray.train.get_dataset_shard("val")
-    batches = (
-        table_to_batch(t, device=device)
-        for t in shard.iter_batches(batch_size=32, batch_format="pyarrow")
-    )
-    return evaluate(model, batches, num_classes)
+    tables = ((t, None) for t in shard.iter_batches(batch_size=32, batch_format="pyarrow"))
+    return evaluate_tables(model, tables, num_classes, device=device)
 
 
 def _pictures(
@@ -148,9 +180,13 @@ def _pictures(
 ) -> None:
     """The glimpse picture of the fixed validation images and the confusion matrix."""
     with tempfile.TemporaryDirectory() as directory:
+        drawn = None
         if picture_rows is not None and picture_rows.num_rows:
-            batch = table_to_batch(picture_rows, device=device)
-            boxes = model.predict(batch).boxes_BT4
+            drawn = run_on_intact_rows(
+                picture_rows, lambda b: (b, model.predict(b).boxes_BT4), device=device
+            ).result  # corrupt rows are left out of the picture
+        if drawn is not None:
+            batch, boxes = drawn
             if boxes is not None:
                 path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
                 glimpse_picture(batch, boxes.cpu()).save(path)

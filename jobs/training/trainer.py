@@ -11,7 +11,13 @@ import pyarrow as pa
 import torch
 
 from jobs.preflight import check_against_dataset
-from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset, read_split
+from jobs.training.data import (
+    TRAIN_COLUMNS,
+    intact_rows,
+    manifest_hash,
+    open_dataset,
+    read_split,
+)
 from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
 from jobs.training.packaging import log_and_register
 from jobs.training.recipes import TrainConfig
@@ -72,7 +78,7 @@ class TrainOutcome:
 
 def _picture_rows(version: DatasetVersion, n: int) -> bytes | None:
     """The fixed validation images drawn every few epochs, as Arrow IPC bytes."""
-    table = version.read_head("val", n, columns=TRAIN_COLUMNS)
+    table = intact_rows(version.read_head("val", n, columns=TRAIN_COLUMNS))
     if table.num_rows == 0:
         return None
     sink = io.BytesIO()
@@ -135,7 +141,7 @@ def train(request: TrainRequest) -> TrainOutcome:
             state = torch.load(
                 os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False
             )
-        example = version.read_head("val", 2, columns=TRAIN_COLUMNS)
+        example = intact_rows(version.read_head("val", 8, columns=TRAIN_COLUMNS)).slice(0, 2)
         model_version = log_and_register(
             state, example, run_id=run_id, registered_model=cfg.registered_model
         )
