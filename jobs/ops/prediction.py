@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.training.packaging import INPUT_COLUMNS
+from jobs.training.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import filesystem, join
 
@@ -142,11 +142,17 @@ def model_channels(pyfunc: Any) -> int:
 
 
 class Predictor:
-    """Ray actor: the pyfunc loaded once; prediction requests in, PREDICTION_SCHEMA rows out."""
+    """Ray actor: the pyfunc loaded once; prediction requests in, PREDICTION_SCHEMA rows out.
+
+    A batch the model cannot predict is retried row by row: a row that fails alone gets its own
+    `error` and the batch's other rows keep their predictions.
+    """
 
     def __init__(self, *, model_uri: str, tracking_uri: str, annotate: str | None = None) -> None:
         self.pyfunc = load_pyfunc(model_uri, tracking_uri)
         self.annotate = annotate
+        names = self.pyfunc.metadata.get_input_schema().input_names()
+        self.packed = set(MODEL_COLUMNS) <= set(names)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.is_null(batch.column("error"))
@@ -162,8 +168,23 @@ class Predictor:
         return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
     def _predict(self, good: pa.Table) -> list[dict[str, Any]]:
-        frame = good.select(INPUT_COLUMNS).to_pandas()
-        out = self.pyfunc.predict(frame)
+        try:
+            return self._predict_rows(good)
+        except Exception as exc:
+            if good.num_rows == 1:
+                return [{"error": f"{type(exc).__name__}: {exc}"[:500]}]
+        return [result for i in range(good.num_rows) for result in self._predict(good.slice(i, 1))]
+
+    def _outputs(self, good: pa.Table) -> Any:
+        if self.packed:
+            return self.pyfunc.predict(model_frame(good))
+        # A model packaged with list-of-binary tile columns: MLflow's schema enforcement of its
+        # signature would drop the tiles' trailing NUL bytes, so its Python model is called as
+        # the evaluation calls it.
+        return self.pyfunc.unwrap_python_model().predict(None, model_frame(good, INPUT_COLUMNS))
+
+    def _predict_rows(self, good: pa.Table) -> list[dict[str, Any]]:
+        out = self._outputs(good)
         results = []
         for i, (label, name, probs, boxes) in enumerate(
             zip(out["label"], out["label_name"], out["probabilities"], out["boxes"], strict=True)

@@ -1,18 +1,29 @@
 """The trained model as an MLflow pyfunc: rows of the dataset contract in, predictions out.
 
-Input: a DataFrame with the schema-v2 image columns (`INPUT_COLUMNS`: the tiles and the proxy);
-output: one row per image with `label`, `label_name`, `probabilities` and, for the saccader, the
-glimpse `boxes` (normalised y0, x0, y1, x1). The state dict, the model's name and config and the
-class names travel in one artifact; the project's code travels with the model (code_paths).
+Input: a DataFrame of the schema-v2 image columns (`INPUT_COLUMNS`) in which each row's list of
+tiles travels as one binary value (`PACKED`: `tiles_packed`, `level_tiles_packed`; `model_frame`
+builds it). Output: one row per image with `label`, `label_name`, `probabilities` and, for the
+saccader, the glimpse `boxes` (normalised y0, x0, y1, x1). The state dict, the model's name and
+config and the class names travel in one artifact; the project's code travels with the model
+(code_paths).
+
+Why packed: MLflow 3.17's schema enforcement turns an array-of-binary column into fixed-width
+numpy bytes (`_enforce_array`), which drops every tile's trailing NUL bytes (a raw tile that ends
+in black), and its scoring server does not base64-decode binary items inside arrays. A scalar
+binary column passes `pyfunc.predict` untouched and is base64-decoded by `mlflow models serve`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
@@ -32,6 +43,9 @@ INPUT_COLUMNS = [
     "proxy_height",
     "proxy_width",
 ]
+# Each row's list of tiles as one binary value (see the module docstring).
+PACKED = {"tiles": "tiles_packed", "level_tiles": "level_tiles_packed"}
+MODEL_COLUMNS = [PACKED.get(c, c) for c in INPUT_COLUMNS]
 STATE_ARTIFACT = "state"
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,6 +53,68 @@ try:
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover - mlflow is a dependency; keeps the module importable
     PythonModel = object  # type: ignore[assignment,misc]
+
+
+def pack_tiles(tiles: Sequence[bytes]) -> bytes:
+    """A list of tiles as one value: uint32 count, uint32 lengths, the bytes (little-endian)."""
+    lengths = np.array([len(t) for t in tiles], dtype="<u4")
+    return struct.pack("<I", len(tiles)) + lengths.tobytes() + b"".join(tiles)
+
+
+def unpack_tiles(data: bytes) -> list[bytes]:
+    """The tiles of a `pack_tiles` value; a ValueError when the value is not one."""
+    count = struct.unpack_from("<I", data)[0] if len(data) >= 4 else -1
+    start = 4 + 4 * count
+    if count < 0 or len(data) < start:
+        raise ValueError(f"not a packed tile list: {len(data)} bytes")
+    tiles = []
+    for length in struct.unpack_from(f"<{count}I", data, 4):
+        tiles.append(data[start : start + length])
+        start += length
+    if start != len(data):
+        raise ValueError(
+            f"not a packed tile list: {count} tiles of {start - 4 - 4 * count} "
+            f"bytes in {len(data)} bytes"
+        )
+    return tiles
+
+
+def model_frame(rows: pa.Table, columns: Sequence[str] = MODEL_COLUMNS) -> pd.DataFrame:
+    """The pyfunc's input for rows of the dataset contract (or prediction requests): `columns`
+    (by default the packed ones; a model's signature may name the older list columns)."""
+    unpacked = {packed: name for name, packed in PACKED.items()}
+    frame = {}
+    for column in columns:
+        if column in unpacked:
+            lists = rows.column(unpacked[column]).to_pylist()
+            frame[column] = pd.Series([pack_tiles(t) for t in lists], dtype=object)
+        else:
+            frame[column] = rows.column(column).to_pandas()
+    return pd.DataFrame(frame)
+
+
+def rows_table(frame: pd.DataFrame) -> pa.Table:
+    """The image rows of a pyfunc input frame, tiles unpacked (frames of the list columns, as
+    models packaged before `PACKED` were, pass through)."""
+    columns = {}
+    for name in INPUT_COLUMNS:
+        packed = PACKED.get(name)
+        if packed in frame.columns:
+            tiles = [unpack_tiles(bytes(v)) for v in frame[packed]]
+            columns[name] = pa.array(tiles, pa.list_(pa.binary()))
+        else:
+            columns[name] = pa.array(frame[name].tolist())
+    return pa.table(columns)
+
+
+def request_json(rows: pa.Table) -> str:
+    """A `mlflow models serve` request body (`dataframe_split`) for `rows`: binary values in
+    base64, as the scoring server expects them."""
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    return json.dumps(
+        {"dataframe_split": model_frame(rows).to_dict(orient="split")}, cls=NumpyEncoder
+    )
 
 
 class SaccadePyfunc(PythonModel):
@@ -59,7 +135,7 @@ class SaccadePyfunc(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        table = pa.Table.from_pandas(model_input[INPUT_COLUMNS], preserve_index=False)
+        table = rows_table(model_input)
         frames = [self._predict_table(table.slice(i, 16)) for i in range(0, table.num_rows, 16)]
         return pd.concat(frames, ignore_index=True)
 
@@ -86,35 +162,52 @@ def _requirements() -> list[str]:
     ]
 
 
+def _pyfunc_arguments(state_path: str, example: pa.Table) -> dict[str, Any]:
+    """What `log_model` and `save_model` take: the model, its artifact, signature, code, pins."""
+    from mlflow.models import infer_signature
+
+    # Known and intended: integer columns (never missing here), no stored input example (it
+    # would copy image tiles into the registry), a cloudpickled python_model.
+    warnings.filterwarnings("ignore", message=".*(integer column|input example).*")
+    model = SaccadePyfunc()
+    model.load_context(type("Ctx", (), {"artifacts": {STATE_ARTIFACT: state_path}})())
+    frame = model_frame(example)
+    return {
+        "python_model": SaccadePyfunc(),
+        "artifacts": {STATE_ARTIFACT: state_path},
+        "signature": infer_signature(frame, model.predict(None, frame)),
+        "code_paths": [os.path.join(_REPO, p) for p in ("model", "pipelines", "jobs")],
+        # Stated, not inferred: inference would load the model in a subprocess per run.
+        "pip_requirements": _requirements(),
+    }
+
+
+def save_pyfunc(state: dict[str, Any], example: pa.Table, path: str) -> None:
+    """Write the pyfunc to the local folder `path` (what `log_and_register` logs)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as directory:
+        state_path = os.path.join(directory, "state.pt")
+        torch.save(state, state_path)
+        mlflow.pyfunc.save_model(path, **_pyfunc_arguments(state_path, example))
+
+
 def log_and_register(
     state: dict[str, Any], example: pa.Table, *, run_id: str, registered_model: str
 ) -> str:
     """Log the pyfunc (with its signature) to the run, register it; returns the model version."""
     import mlflow
-    from mlflow.models import infer_signature
 
     from jobs.training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
-    # Known and intended: integer columns (never missing here), no stored input example (it
-    # would copy image tiles into the registry), a cloudpickled python_model.
-    warnings.filterwarnings("ignore", message=".*(integer column|input example).*")
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "state.pt")
         torch.save(state, path)
-        model = SaccadePyfunc()
-        model.load_context(type("Ctx", (), {"artifacts": {STATE_ARTIFACT: path}})())
-        frame = example.select(INPUT_COLUMNS).to_pandas()
-        signature = infer_signature(frame, model.predict(None, frame))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=SaccadePyfunc(),
-                artifacts={STATE_ARTIFACT: path},
-                signature=signature,
-                code_paths=[os.path.join(_REPO, p) for p in ("model", "pipelines", "jobs")],
                 registered_model_name=registered_model,
-                # Stated, not inferred: inference would load the model in a subprocess per run.
-                pip_requirements=_requirements(),
+                **_pyfunc_arguments(path, example),
             )
     return str(info.registered_model_version)

@@ -27,13 +27,16 @@ from pipelines.storage import DatasetVersion, Staging, write_parquet
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def register_constant_model(name: str, dataset: str, answer: int) -> str:
-    """Register a version of `name` that always predicts class `answer`; returns its version."""
+def register_constant_model(
+    name: str, dataset: str, answer: int, overrides: dict[str, str] | None = None
+) -> str:
+    """Register a version of `name` that always predicts class `answer` (the tiny_cpu recipe
+    with `overrides`); returns its version."""
     from mlflow.tracking import MlflowClient
 
     version = DatasetVersion.open(dataset)
     manifest = version.manifest
-    config = make_recipe("tiny_cpu", dataset, {})
+    config = make_recipe("tiny_cpu", dataset, overrides or {})
     data = {
         "num_classes": int(manifest["num_classes"]),
         "class_names": list(manifest["class_names"]),

@@ -1,5 +1,6 @@
 """Tier 2: batch prediction with Ray Data over a folder of raw image files, tiled on the fly, with
-the registry's champion; unreadable files become rows that say why."""
+the registry's champion; unreadable files become rows that say why. Dataset rows whose raw level
+tiles end in NUL bytes (a black corner) reach a model that reads the level intact."""
 
 from __future__ import annotations
 
@@ -66,3 +67,24 @@ def test_predict_raw_images_with_the_champion(
     pictures = sorted(str(p.relative_to(annotated)) for p in annotated.rglob("*.png"))
     assert pictures == sorted(f"{ref}.png" for ref in refs)
     assert Image.open(annotated / "img1.png.png").size[0] > 256  # proxy and original side by side
+
+
+# Boxes of the whole image (128 px = 16 windows of 8 px): every glimpse reads the ×8 level.
+LEVEL_READER = {"model_cfg.min_image_fraction": "1.0", "model_cfg.max_image_fraction": "1.0"}
+
+
+def test_predict_dataset_rows_whose_level_tiles_end_in_nul(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    version = register_constant_model("level-reader", tiny_dataset, 3, LEVEL_READER)
+    rows = DatasetVersion.open(tiny_dataset).read("test", ["image_id", "level_tiles"])
+    assert any(tiles[-1].endswith(b"\0") for tiles in rows.column("level_tiles").to_pylist())
+    out = tmp_path / "predictions.parquet"
+    argv = ["--model", f"models:/level-reader/{version}", "--dataset", tiny_dataset]
+    assert predict.main([*argv, "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert sorted(table.column("image_id").to_pylist()) == sorted(
+        rows.column("image_id").to_pylist()
+    )
+    assert table.column("error").null_count == table.num_rows  # no row failed
+    assert set(table.column("label").to_pylist()) == {3}
