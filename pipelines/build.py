@@ -200,9 +200,14 @@ class _Plan:
 
 
 def build_dataset(
-    config: BuildConfig, *, progress: Callable[[str], None] | None = None
+    config: BuildConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+    count: Callable[[int, int], None] | None = None,
 ) -> BuildSummary:
-    """Build and atomically publish one dataset version; Ray must already be initialised."""
+    """Build and atomically publish one dataset version; Ray must already be initialised.
+    `progress` gets the build's messages; `count`, if given, gets (images done, total) as
+    images finish, instead of the periodic ``[build] n/total`` message."""
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source = get_source(config.source)
     source_config = make_config(source, config.params)  # validates before any work
@@ -223,7 +228,7 @@ def build_dataset(
             batch_format="pyarrow",
             fn_kwargs={"staging_url": _staging_url(config.out, staging)},
         )
-        summary_rows = _collect(ds, plan.total, start, say)
+        summary_rows = _collect(ds, plan.total, start, say, count)
         seconds = time.perf_counter() - start
         rows = {s: sum(r["rows"] for r in summary_rows if r["split"] == s) for s in plan.splits}
         rejects = sum(r["rejects"] for r in summary_rows)
@@ -350,12 +355,21 @@ def _sc2_replays(
     return _Plan(ds, total, list(SPLITS), replays.replay_class_names(), inputs)
 
 
-def _collect(ds: Any, total: int, start: float, say: Callable[[str], None]) -> list[dict]:
+def _collect(
+    ds: Any,
+    total: int,
+    start: float,
+    say: Callable[[str], None],
+    count: Callable[[int, int], None] | None,
+) -> list[dict]:
     """Run the pipeline, printing progress every few seconds (also in non-TTY job logs)."""
     done, last, rows = 0, 0.0, []
     for row in ds.iter_rows():
         rows.append(row)
         done += row["rows"] + row["rejects"]
+        if count is not None:
+            count(done, total)
+            continue
         now = time.perf_counter()
         if now - last > 5 or done == total:
             rate = done / max(now - start, 1e-9)

@@ -7,7 +7,7 @@ evaluated on the same dataset version).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,12 @@ def _tables(
                 yield table, check
 
 
+def _counted(tables: Iterator[Any], progress: Callable[[int], None]) -> Iterator[Any]:
+    for item in tables:
+        yield item
+        progress(item[0].num_rows)  # after the consumer has evaluated it
+
+
 def assess(
     model_uri: str,
     dataset: str,
@@ -76,9 +82,11 @@ def assess(
     split: str = "test",
     batch_size: int = 16,
     tags: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Assessment:
     """Accuracy (overall and per class), localisation, latency and peak memory, logged as a run
-    of the evaluations experiment tagged with the model and the dataset version."""
+    of the evaluations experiment tagged with the model and the dataset version. `progress` gets
+    the number of rows of each table once it is evaluated."""
     version = open_dataset(dataset)
     model_tags = _model_tags(model_uri)  # before loading: an alias could move meanwhile
     model_uri_loaded = (
@@ -88,10 +96,11 @@ def assess(
     )
     model, _ = load_classifier(model_uri_loaded)
     observed = SplitDigest()
+    tables = _tables(version, split, batch_size, observed)
     with PeakRss() as memory:
         result: EvalResult = evaluate_tables(
             model,
-            _tables(version, split, batch_size, observed),
+            _counted(tables, progress) if progress else tables,
             int(version.manifest["num_classes"]),
         )
     # The dataset as read: a copy whose bytes changed is another dataset, whatever its manifest.
