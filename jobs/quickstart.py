@@ -17,12 +17,15 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from jobs import console
+from jobs.build_dataset import build_with_progress
 from jobs.common import JobParser, run_main
 from jobs.preflight import Demand, positive_int, start_ray, training_demand
+from jobs.training.progress import epoch_bar
 from jobs.training.recipes import make_recipe
 from jobs.training.tracking import tracking_uri
 from jobs.training.trainer import TrainOutcome, TrainRequest, train
-from pipelines.build import BuildConfig, build_dataset, preflight
+from pipelines.build import BuildConfig, preflight
 from pipelines.storage import next_version
 
 MODELS = {  # table label → (recipe, registered model name)
@@ -44,12 +47,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma list of table labels")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
     return p.parse_args(argv)
 
 
-def _build(args: argparse.Namespace, demand: Demand) -> str:
+def _build_config(args: argparse.Namespace) -> BuildConfig:
     held_out = max(args.train // 8, 8)
-    config = BuildConfig(
+    return BuildConfig(
         source="cluttered_mnist",
         out=args.out,
         version=next_version(args.out),
@@ -64,10 +68,14 @@ def _build(args: argparse.Namespace, demand: Demand) -> str:
             "proxy_size": 40,
         },
     )
-    preflight(config)
-    start_ray(args.num_cpus, demand)
-    summary = build_dataset(config)
-    print(summary.format(), flush=True)
+
+
+def _build(config: BuildConfig) -> str:
+    summary = build_with_progress(config)
+    rows = ", ".join(f"{split} {n:,}" for split, n in summary.rows.items())
+    console.current().say(
+        f"  {summary.url}: {rows}; {summary.rejects} rejects, {summary.bytes / 1e6:.1f} MB"
+    )
     return summary.url
 
 
@@ -85,9 +93,14 @@ def _train(label: str, dataset: str, args: argparse.Namespace) -> TrainOutcome:
         overrides["epochs"] = str(args.epochs)
     config = make_recipe(recipe, dataset, overrides)
     name = f"quickstart-{recipe}-{os.path.basename(dataset)}"
-    print(f"\n== training {label} ({recipe}) ==", flush=True)
-    outcome = train(TrainRequest(config=config, name=name, storage="checkpoints"))
-    print(outcome.format(), flush=True)
+    with epoch_bar(f"train {label}", args.train, config.epochs) as progress:
+        request = TrainRequest(config=config, name=name, storage="checkpoints")
+        outcome = train(request, progress=progress)
+    accuracy = outcome.metrics.get("val/accuracy", float("nan"))
+    console.current().say(
+        f"  registered models:/{outcome.registered_model}/{outcome.model_version} "
+        f"(val accuracy {accuracy:.3f})"
+    )
     return outcome
 
 
@@ -95,21 +108,11 @@ def _evaluate(model_uri: str, dataset: str) -> dict:
     """`python -m jobs.evaluate` in its own process: the peak memory is this model's alone."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "eval.json")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobs.evaluate",
-                "--model",
-                model_uri,
-                "--dataset",
-                dataset,
-                "--json",
-                path,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        # --verbose: its whole output goes where this job's goes (the log, when quiet).
+        command = [sys.executable, "-m", "jobs.evaluate", "--verbose"]
+        command += ["--model", model_uri, "--dataset", dataset, "--json", path]
+        if subprocess.run(command, stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"evaluating {model_uri} failed; its output is in the log")
         with open(path) as f:
             return json.load(f)
 
@@ -148,23 +151,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(MODELS))
     if unknown or not chosen:
         raise ValueError(f"--models {args.models!r}: unknown or none; choose from {list(MODELS)}")
-    dataset = _build(args, _demand(chosen))
+    config = _build_config(args)
+    preflight(config)
+    out = console.start("quickstart", verbose=args.verbose)
+    out.say(f"quickstart: {args.train:,} training images; models: {', '.join(chosen)}")
+    start_ray(args.num_cpus, _demand(chosen))
+    dataset = _build(config)
     outcomes = {label: _train(label, dataset, args) for label in chosen}
     uris = {
         label: f"models:/{o.registered_model}/{o.model_version}" for label, o in outcomes.items()
     }
-    results = {label: _evaluate(uri, dataset) for label, uri in uris.items()}
-    print("\n== quickstart: test split of", dataset, "==")
-    print(_table({label: r["metrics"] for label, r in results.items()}))
-    print(
-        "\nhit-rate: share of glimpses whose box holds a digit centre; centred: the same box "
-        "size fixed at the image centre."
-    )
-    print("registered: " + ", ".join(uris.values()))
-    if "saccader" in outcomes:
-        print(f"glimpse picture: {_last_glimpse_picture(outcomes['saccader'].run_id)}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri()} (then http://127.0.0.1:5000)")
+    results = {}
+    with out.bar("evaluate on the test split", len(uris), unit="model") as bar:
+        for label, uri in uris.items():
+            results[label] = _evaluate(uri, dataset)
+            bar.update(1)
+    _summary(dataset, outcomes, uris, {label: r["metrics"] for label, r in results.items()})
     return 0
+
+
+def _summary(
+    dataset: str,
+    outcomes: dict[str, TrainOutcome],
+    uris: dict[str, str],
+    metrics: dict[str, dict],
+) -> None:
+    say = console.current().say
+    say(f"\ntest split of {dataset}:")
+    say(_table(metrics))
+    say(
+        "\nThe table compares the models' test accuracy with what each costs at inference "
+        "(ms/image, memory added); hit-rate is the share of glimpses whose box holds an "
+        "object's centre, centred the same for a box of that size at the image centre."
+    )
+    say("registered: " + ", ".join(uris.values()))
+    if "saccader" in outcomes:
+        say(f"glimpse picture: {_last_glimpse_picture(outcomes['saccader'].run_id)}")
+    say(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri()} (then http://127.0.0.1:5000)")
 
 
 if __name__ == "__main__":

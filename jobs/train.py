@@ -13,8 +13,10 @@ import os
 import time
 from collections.abc import Sequence
 
+from jobs import console
 from jobs.common import JobParser, parse_key_values, run_main
 from jobs.preflight import positive_int, start_ray, training_demand
+from jobs.training.progress import epoch_bar
 from jobs.training.recipes import RECIPES, make_recipe
 from jobs.training.trainer import TrainRequest, train
 
@@ -38,6 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--experiment", default="saccade", help="MLflow experiment")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
     return p.parse_args(argv)
 
 
@@ -48,11 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = TrainRequest(
         config=config, name=name, storage=args.storage, experiment=args.experiment
     )
-    request.check()  # bad dataset, schema or model settings fail here, before Ray starts
+    version = request.check()  # bad dataset, schema or model settings fail here, before Ray starts
     demand = training_demand(config.num_workers, config.cpus_per_worker, config.use_gpu)
+    console.start("train", verbose=args.verbose)
     start_ray(args.num_cpus, demand)
-    outcome = train(request)
-    print(outcome.format())
+    images = int(version.manifest["counts"]["train"])
+    with epoch_bar(f"train {name}", images, config.epochs) as progress:
+        outcome = train(request, progress=progress)
+    console.current().say(outcome.format())
     return 0
 
 

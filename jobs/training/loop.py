@@ -7,6 +7,7 @@ resumes from the last finished epoch.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -20,6 +21,7 @@ import torch
 from jobs.training.data import StepOnRows, run_on_intact_rows
 from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
 from jobs.training.pictures import confusion_picture, glimpse_picture
+from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import Tracker
 from model.interface import Batch, BatchClassifier
@@ -27,6 +29,7 @@ from model.loss import ObjectiveConfig
 from model.registry import create_model
 from model.step import LossModule, train_step
 
+log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 PROGRESS_STEPS = 100  # a progress line within long epochs, every this many steps (rank 0)
 
@@ -89,6 +92,7 @@ def _train_epoch(
     device: torch.device,
     *,
     before_step: Callable[[int], None],
+    poster: Poster,
 ) -> dict[str, float]:
     import ray.train
 
@@ -122,13 +126,14 @@ def _train_epoch(
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
         samples += done.rows
+        poster.step(epoch, world * samples)
         if steps % PROGRESS_STEPS == 0 and ray.train.get_context().get_world_rank() == 0:
             rate = samples / (time.perf_counter() - start)
             mean = {k: v / steps for k, v in sums.items()}
-            print(
-                f"[train] epoch {epoch}, step {steps}: loss {mean['total']:.4g}, accuracy "
-                f"{mean['accuracy']:.3f}, {rate:.1f} samples/s on this worker",
-                flush=True,
+            # the worker's log (Ray Train's files; the driver's log through log_to_driver)
+            log.info(
+                "epoch %d, step %d: loss %.4g, accuracy %.3f, %.1f samples/s on this worker",
+                *(epoch, steps, mean["total"], mean["accuracy"], rate),
             )
     seconds = time.perf_counter() - start
     world = ray.train.get_context().get_world_size()
@@ -232,6 +237,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     pictures = loop_config.get("picture_rows")
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
     final_sides = _box_sides(model)
+    # Progress reaches the driver through the board, not stdout (see jobs/training/progress.py).
+    poster = Poster(loop_config.get("progress"), enabled=rank == 0)
     for epoch in range(done + 1, cfg.epochs + 1):
         metrics = _train_epoch(
             module,
@@ -241,6 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             epoch,
             device,
             before_step=lambda step: _box_curriculum(model, cfg, step, final_sides),
+            poster=poster,
         )
         state = None
         if rank == 0:
@@ -260,8 +268,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "data": data,
             }
         metrics["epoch"] = epoch
-        if rank == 0:  # reaches the driver's log (and `ray job logs`)
-            print(_progress_line(epoch, cfg.epochs, metrics), flush=True)
+        poster.epoch(epoch, _progress_line(epoch, cfg.epochs, metrics))
         _report(metrics, state)
 
 
@@ -287,6 +294,14 @@ def _box_curriculum(
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    keys = ("train/total", "train/accuracy", "val/accuracy", "val/hit_rate", "train/samples_per_s")
-    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
-    return f"[train] epoch {epoch}/{epochs}: {shown}"
+    """One line per epoch, e.g. ``epoch 2/4: loss 3.21, accuracy train 0.231 val 0.250,
+    hit-rate 0.41 (centred 0.25), 76 img/s, 41 s``."""
+    m = metrics
+    accuracy = f"accuracy train {m['train/accuracy']:.3f}"
+    if "val/accuracy" in m:
+        accuracy += f" val {m['val/accuracy']:.3f}"
+    parts = [f"loss {m['train/total']:.3g}", accuracy]
+    if "val/hit_rate" in m:
+        parts.append(f"hit-rate {m['val/hit_rate']:.2f} (centred {m['val/centred_hit_rate']:.2f})")
+    parts.append(f"{m['train/samples_per_s']:.0f} img/s, {m['train/epoch_seconds']:.0f} s")
+    return f"epoch {epoch}/{epochs}: " + ", ".join(parts)

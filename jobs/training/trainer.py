@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import torch
 
+from jobs import console
 from jobs.preflight import check_against_dataset
 from jobs.training.data import (
     TRAIN_COLUMNS,
@@ -20,6 +22,7 @@ from jobs.training.data import (
 )
 from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
 from jobs.training.packaging import log_and_register
+from jobs.training.progress import Event, board
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import (
     end_run,
@@ -87,7 +90,7 @@ def _picture_rows(version: DatasetVersion, n: int) -> bytes | None:
     return sink.getvalue()
 
 
-def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str) -> Any:
+def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progress: Any) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -101,6 +104,7 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str) -> Any
             "run_id": run_id,
             "tracking_uri": tracking_uri(),
             "picture_rows": _picture_rows(version, cfg.picture_images),
+            "progress": progress,  # the board rank 0 posts its progress to
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
@@ -122,8 +126,16 @@ def _absolute(storage: str) -> str:
     return storage if "://" in storage else os.path.abspath(storage)
 
 
-def train(request: TrainRequest) -> TrainOutcome:
-    """Run the training described by `request` (Ray initialised; `request.check()` done)."""
+def _epoch_lines(event: Event) -> None:
+    if "line" in event:
+        console.current().say(event["line"])
+
+
+def train(
+    request: TrainRequest, *, progress: Callable[[Event], None] | None = None
+) -> TrainOutcome:
+    """Run the training described by `request` (Ray initialised; `request.check()` done).
+    `progress` receives the workers' progress events (default: each epoch's line is printed)."""
     version = request.check()
     cfg = request.config
     params = {
@@ -136,7 +148,8 @@ def train(request: TrainRequest) -> TrainOutcome:
     run_id = start_or_resume_run(ensure_experiment(request.experiment), request.name, params)
     ok = False
     try:
-        result = _trainer(request, version, run_id).fit()
+        with board(progress or _epoch_lines) as progress_board:
+            result = _trainer(request, version, run_id, progress_board).fit()
         with result.checkpoint.as_directory() as directory:
             state = torch.load(
                 os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False
