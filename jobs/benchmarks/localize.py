@@ -28,11 +28,13 @@ from model.step import eval_step, train_step
 from pipelines.digits import load_digits, split_digits
 from pipelines.synthetic import (
     ClutteredMnistConfig,
+    cluttered_class_names,
     cluttered_part_classes,
     generate_cluttered,
     sample_rng,
 )
 
+TENSORS = ("boxes_BT4", "labels_B")  # results kept for the picture, not written to the JSON
 EDGE = 0.05  # a box centre this close to an image edge (fraction of the side) counts as "on edge"
 
 
@@ -161,13 +163,17 @@ def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, Any]:
-    correct, boxes = 0, []
+    correct, boxes, labels = 0, [], []
     for start in range(0, len(test.labels_B), batch):
         out = eval_step(model, test.batch(slice(start, start + batch)))
         correct += out["accuracy"] * len(out["prediction"].labels_B)
+        labels.append(out["prediction"].labels_B)
         if out["prediction"].boxes_BT4 is not None:
             boxes.append(out["prediction"].boxes_BT4)
-    result: dict[str, Any] = {"accuracy": correct / len(test.labels_B)}
+    result: dict[str, Any] = {
+        "accuracy": correct / len(test.labels_B),
+        "labels_B": torch.cat(labels),
+    }
     if boxes:
         result.update(placement(torch.cat(boxes), test))
     return result
@@ -221,7 +227,7 @@ def train(name: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str
             {
                 "epoch": epochs,
                 "train_acc": float(np.mean([p["accuracy"] for p in parts])),
-                **{k: v for k, v in result.items() if k != "boxes_BT4"},
+                **{k: v for k, v in result.items() if k not in TENSORS},
             }
         )
         print(f"  {name} epoch {epochs}: " + ", ".join(_fmt(history[-1])), flush=True)
@@ -291,11 +297,11 @@ def main(argv: Sequence[str]) -> int:
     figures = {**info, "args": vars(args), "results": {}}
     for name, r in results.items():
         figures["results"][name] = {
-            k: v for k, v in r.items() if k not in ("model", "boxes_BT4") and not callable(v)
+            k: v for k, v in r.items() if k != "model" and k not in TENSORS and not callable(v)
         }
     figures["goals"] = _goals(results)
     if args.picture and "saccader" in results:
-        _picture(results["saccader"], data["test"], args.picture)
+        _picture(results["saccader"], data["test"], args.picture, cluttered_class_names(args.task))
     write_json(args.json, figures)
     return 0
 
@@ -312,9 +318,16 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     return goals
 
 
-def _picture(result: dict[str, Any], test: Canvases, path: str) -> None:
-    from jobs.training.pictures import glimpse_picture
+def _picture(result: dict[str, Any], test: Canvases, path: str, names: list[str]) -> None:
+    from jobs.training.pictures import class_name, glimpse_picture
 
     batch = test.batch(slice(0, 12))
-    glimpse_picture(batch, result["boxes_BT4"][:12], side=160).save(path)
+    glimpse_picture(
+        batch,
+        result["boxes_BT4"][:12],
+        predicted=[class_name(int(k), names) for k in result["labels_B"][:12]],
+        truth=[class_name(int(k), names) for k in batch.labels_B],
+        title=f"saccader · epoch {result['epochs']} · test accuracy {result['accuracy']:.3f}",
+        side=160,
+    ).save(path)
     print(f"picture written to {path}")

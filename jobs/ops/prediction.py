@@ -200,19 +200,27 @@ class Predictor:
                 }
             )
             if self.annotate:
-                self._draw(good.slice(i, 1), list(boxes), str(good.column("image_id")[i]))
+                self._draw(good.slice(i, 1), list(boxes), str(good.column("image_id")[i]), name)
         return results
 
-    def _draw(self, row: pa.Table, boxes: list[Any], image_id: str) -> None:
+    def _draw(self, row: pa.Table, boxes: list[Any], image_id: str, predicted: str) -> None:
         import torch
 
         from jobs.training.data import table_to_batch
-        from jobs.training.pictures import glimpse_picture
+        from jobs.training.pictures import class_name, glimpse_picture
 
         if not boxes:  # a baseline model: no glimpses to draw
             return
         boxes_1T4 = torch.tensor([[list(b) for b in boxes]], dtype=torch.float32)
-        picture = glimpse_picture(table_to_batch(row), boxes_1T4)
+        true_label = row.column("true_label")[0].as_py()  # None for image files
+        names = getattr(self.pyfunc.unwrap_python_model(), "class_names", None)
+        picture = glimpse_picture(
+            table_to_batch(row),
+            boxes_1T4,
+            predicted=[predicted],
+            truth=None if true_label is None else [class_name(true_label, names)],
+            title=image_id,
+        )
         fs, root = filesystem(self.annotate)
         path = join(root, annotation_name(image_id))
         fs.makedirs(os.path.dirname(path) if "file" in fs.protocol else root, exist_ok=True)

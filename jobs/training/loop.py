@@ -20,7 +20,7 @@ import torch
 
 from jobs.training.data import StepOnRows, run_on_intact_rows
 from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
-from jobs.training.pictures import confusion_picture, glimpse_picture
+from jobs.training.pictures import class_name, confusion_picture, glimpse_picture
 from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import Tracker
@@ -180,24 +180,37 @@ def _pictures(
     picture_rows: pa.Table | None,
     result: EvalResult,
     tracker: Tracker,
-    epoch: int,
     device: torch.device,
+    *,
+    cfg: TrainConfig,
+    epoch: int,
+    class_names: list[str],
 ) -> None:
-    """The glimpse picture of the fixed validation images and the confusion matrix."""
+    """The glimpse picture of the fixed validation images (titled with the model, the epoch and
+    the validation accuracy; each image's predicted and true class) and the confusion matrix."""
+    heading = f"{cfg.model} · epoch {epoch}/{cfg.epochs} · val accuracy {result.accuracy:.3f}"
     with tempfile.TemporaryDirectory() as directory:
         drawn = None
         if picture_rows is not None and picture_rows.num_rows:
             drawn = run_on_intact_rows(
-                picture_rows, lambda b: (b, model.predict(b).boxes_BT4), device=device
+                picture_rows, lambda b: (b, model.predict(b)), device=device
             ).result  # corrupt rows are left out of the picture
-        if drawn is not None:
-            batch, boxes = drawn
-            if boxes is not None:
-                path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
-                glimpse_picture(batch, boxes.cpu()).save(path)
-                tracker.artifact(path, "glimpses")
+        if drawn is not None and drawn[1].boxes_BT4 is not None:
+            batch, prediction = drawn
+            path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
+            glimpse_picture(
+                batch,
+                prediction.boxes_BT4.cpu(),
+                predicted=[class_name(int(k), class_names) for k in prediction.labels_B],
+                truth=[class_name(int(k), class_names) for k in batch.labels_B],
+                title=heading,
+            ).save(path)
+            tracker.artifact(path, "glimpses")
         png = os.path.join(directory, f"confusion_epoch{epoch:04d}.png")
-        confusion_picture(result.confusion).save(png)
+        title = f"{cfg.model}, validation, epoch {epoch}: {result.images} images, accuracy "
+        confusion_picture(
+            result.confusion, class_names=class_names, title=f"{title}{result.accuracy:.3f}"
+        ).save(png)
         csv = os.path.join(directory, f"confusion_epoch{epoch:04d}.csv")
         np.savetxt(csv, result.confusion, fmt="%d", delimiter=",")
         tracker.artifact(png, "confusion")
@@ -257,7 +270,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             tracker.metrics(metrics, step=epoch)
             if epoch % cfg.picture_every == 0 or epoch == cfg.epochs:
-                _pictures(model, picture_rows, result, tracker, epoch, device)
+                _pictures(
+                    model,
+                    picture_rows,
+                    result,
+                    tracker,
+                    device,
+                    cfg=cfg,
+                    epoch=epoch,
+                    class_names=data["class_names"],
+                )
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
