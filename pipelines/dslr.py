@@ -57,7 +57,14 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.inputs import check_fractions, hash_split, list_files, read_bytes, resolve
+from pipelines.inputs import (
+    NotRegularFileError,
+    check_fractions,
+    hash_split,
+    list_files,
+    read_bytes,
+    resolve,
+)
 from pipelines.schema import SPLITS
 from pipelines.staging import staging_table
 from pipelines.storage import filesystem
@@ -134,9 +141,9 @@ def _sorted_classes(names: set[str]) -> list[str]:
 
 def _folder_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
     files = list_files(cfg.input)
-    by_split = any(ref.split("/")[0] in SPLITS and ref.count("/") >= 1 for _, ref, _ in files)
+    by_split = any(f.ref.split("/")[0] in SPLITS and f.ref.count("/") >= 1 for f in files)
     entries = []
-    for url, ref, size in files:
+    for url, ref, size, reason in files:
         parts = ref.split("/")
         entry = {
             "url": url,
@@ -145,7 +152,9 @@ def _folder_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
             "label_name": None,
             "size": size,
         }
-        if by_split and (parts[0] not in SPLITS or len(parts) < 3):
+        if reason is not None:  # a special file or an undecodable name: never opened
+            entry["reason"] = reason
+        elif by_split and (parts[0] not in SPLITS or len(parts) < 3):
             entry["reason"] = "not in the <split>/<class>/<file> layout"
         elif not by_split and len(parts) < 2:
             entry["reason"] = "not in a <class>/ folder (the <class>/<file> layout)"
@@ -250,6 +259,8 @@ def hash_files(batch: pa.Table) -> pa.Table:
 
 
 def _unreadable(exc: OSError) -> str:
+    if isinstance(exc, NotRegularFileError):
+        return str(exc)  # "not a regular file: ...", the listing's reason for the same file
     return f"unreadable: {type(exc).__name__}: {exc}"
 
 

@@ -8,7 +8,10 @@ relative to the input root (``ref``): that is what rejects, manifests and split 
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
+import stat
+from typing import NamedTuple
 
 from fsspec import AbstractFileSystem
 
@@ -21,12 +24,26 @@ def _url(protocol: str | tuple[str, ...], path: str) -> str:
     return path if proto in ("file", "local") else f"{proto}://{path}"
 
 
-def list_files(root_url: str) -> list[tuple[str, str, int | None]]:
-    """Every file under ``root_url`` as (url, ref, size), sorted by ref.
+class Listed(NamedTuple):
+    """One file of a listing."""
 
-    ``size`` is the listing's byte count (free on object stores; a link's target size), or None
-    when the file cannot be read (a broken link). Such files are listed too: reading them fails
-    later and they become rejects, never silent omissions.
+    url: str | None  # where to read it; None when its name cannot be carried (see `reason`)
+    ref: str  # path relative to the root, printable (undecodable bytes as \\xNN escapes)
+    size: int | None  # the listing's byte count; None when unknown (a link, a special file)
+    reason: str | None  # why the file is no input, known from the listing alone; else None
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, socket or device: never opened (opening or reading a FIFO blocks forever)."""
+
+
+def list_files(root_url: str) -> list[Listed]:
+    """Every file under ``root_url``, sorted by ref.
+
+    Files that cannot be inputs are listed too, never silently left out: a broken link (its size
+    is None: reading it fails later, saying why), a FIFO, socket or device (``reason``: "not a
+    regular file: ..."; never opened) and a name that is not valid UTF-8 (``reason``; no url, as
+    such a name cannot travel in an Arrow string).
     """
     fs, root = filesystem(root_url)
     if not fs.exists(root):
@@ -36,20 +53,56 @@ def list_files(root_url: str) -> list[tuple[str, str, int | None]]:
     found = fs.find(root, withdirs=False, detail=True)
     if not found:
         raise ValueError(f"input {root_url} holds no files")
-    files = [
-        (_url(fs.protocol, path), posixpath.relpath(path, root), _size(fs, path, info))
-        for path, info in found.items()
-    ]
-    return sorted(files, key=lambda item: item[1])
+    files = [_listed(fs, path, posixpath.relpath(path, root), info) for path, info in found.items()]
+    return sorted(files, key=lambda item: item.ref)
 
 
-def _size(fs: AbstractFileSystem, path: str, info: dict) -> int | None:
+def printable(name: str) -> str:
+    """`name` with the bytes that are not UTF-8 (os.fsdecode's surrogates) as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _listed(fs: AbstractFileSystem, path: str, ref: str, info: dict) -> Listed:
+    if printable(ref) != ref:
+        reason = "file name is not valid UTF-8; rename the file"
+        return Listed(None, printable(ref), None, reason)
     if info.get("type") == "file":
-        return int(info["size"])
-    try:  # a link (fsspec reports "other"): its target's size, if the target exists
-        return int(fs.size(path)) if fs.isfile(path) else None
+        return Listed(_url(fs.protocol, path), ref, int(info["size"]), None)
+    size, reason = _inspect(fs, path)
+    return Listed(_url(fs.protocol, path), ref, size, reason)
+
+
+def _inspect(fs: AbstractFileSystem, path: str) -> tuple[int | None, str | None]:
+    """(size, reason) of what the listing does not call a plain file: a link's target size, a
+    special file's reason, (None, None) for a broken link."""
+    if not _is_local(fs):
+        try:
+            return (int(fs.size(path)) if fs.isfile(path) else None), None
+        except OSError:
+            return None, None
+    try:
+        mode = os.stat(path)  # follows links: a link to a FIFO is a FIFO
     except OSError:
-        return None
+        return None, None
+    kind = _special_kind(mode.st_mode)
+    if kind:
+        return None, f"not a regular file: {kind}"
+    return (mode.st_size if stat.S_ISREG(mode.st_mode) else None), None
+
+
+def _special_kind(mode: int) -> str | None:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
 
 
 def resolve(root_url: str, path: str) -> str:
@@ -61,9 +114,23 @@ def resolve(root_url: str, path: str) -> str:
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole content of one input file."""
+    """The whole content of one input file; a NotRegularFileError (never blocking) for a FIFO,
+    socket or device."""
     fs, path = filesystem(url)
-    return fs.cat_file(path)
+    if not _is_local(fs):
+        return fs.cat_file(path)
+    _check_regular(os.stat(path).st_mode, url)
+    # O_NONBLOCK: a FIFO put in the file's place after the check opens without blocking, and
+    # fstat then refuses it; on a regular file the flag changes nothing.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        _check_regular(os.fstat(f.fileno()).st_mode, url)
+        return f.read()
+
+
+def _check_regular(mode: int, url: str) -> None:
+    kind = _special_kind(mode)
+    if kind:
+        raise NotRegularFileError(f"not a regular file: {kind}: {printable(url)}")
 
 
 def hash_split(ref: str, *, val_fraction: float, test_fraction: float) -> str:

@@ -74,13 +74,17 @@ def dataset_rows(batch: pa.Table) -> pa.Table:
 def tile_image_files(
     batch: pa.Table, *, tile_size: int, tile_format: str, proxy_max_side: int, channels: int
 ) -> pa.Table:
-    """Stage: image files (`url`, `ref`) → prediction requests, tiled on the fly.
+    """Stage: image files (`url`, `ref`, and the listing's `reason` when it is no input) →
+    prediction requests, tiled on the fly.
 
     Images become grey (1 channel) or RGB (3) to match the model; EXIF orientation is applied.
     """
     rows = []
     for item in batch.to_pylist():
         row: dict[str, Any] = {"image_id": item["ref"], "path": item["url"]}
+        if item.get("reason"):  # a special file or an undecodable name: never opened
+            rows.append({**row, "error": item["reason"]})
+            continue
         try:
             row.update(_tile(item["url"], tile_size, tile_format, proxy_max_side, channels))
         except Exception as exc:  # unreadable, not an image, truncated: a row that says why
@@ -333,7 +337,10 @@ def _requests(request: PredictRequest) -> Any:
         return split.map_batches(dataset_rows, batch_size=None, batch_format="pyarrow")
     from pipelines.inputs import list_files
 
-    files = [{"url": url, "ref": ref} for url, ref, _ in list_files(request.images)]
+    files = [
+        {"url": url, "ref": ref, "reason": reason}
+        for url, ref, _, reason in list_files(request.images)
+    ]
     blocks = max(1, min(len(files), 4 * int(ray.cluster_resources().get("CPU", 1))))
     return ray.data.from_items(files, override_num_blocks=blocks).map_batches(
         tile_image_files,

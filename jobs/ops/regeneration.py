@@ -31,11 +31,11 @@ from typing import Any
 
 from pipelines.build import BuildConfig, BuildSummary, build_dataset, preflight
 from pipelines.digits import load_digits
+from pipelines.inputs import printable, read_bytes
 from pipelines.sources import SyntheticSource, digits_fingerprint, get_source, make_config
 from pipelines.storage import (
     DatasetVersion,
     filesystem,
-    join,
     list_versions,
     next_version,
     prune_versions,
@@ -105,7 +105,8 @@ def load_spec(url: str) -> list[DatasetSpec]:
         try:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as exc:
-            raise ValueError(f"regeneration spec {url} is not valid YAML/JSON: {exc}") from None
+            where = " ".join(str(exc).split())  # YAML's message spans lines: keep it to one
+            raise ValueError(f"regeneration spec {url} is not valid YAML/JSON: {where}") from None
     return parse_spec(raw, origin=url)
 
 
@@ -185,15 +186,13 @@ def listing_fingerprint(url: str) -> str:
     for path in sorted(found):
         info = found[path]
         stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-        ref = posixpath.relpath(path, root)
+        ref = printable(posixpath.relpath(path, root))  # a name may not be valid UTF-8
         digest.update(f"{ref}\0{info.get('size')}\0{stamp}\n".encode())
     return digest.hexdigest()
 
 
 def file_sha256(url: str) -> str:
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(read_bytes(url)).hexdigest()  # a FIFO is refused, never opened
 
 
 # --- Regeneration ---------------------------------------------------------------------------------
@@ -224,16 +223,6 @@ def _published(out: str, version: str) -> bool:
     return version in list_versions(out)
 
 
-def _free_version(out: str) -> str:
-    """The next vNNNN that does not exist at all: a publish interrupted after moving its files
-    leaves a version directory without a manifest, which is skipped, not reused."""
-    fs, root = filesystem(out)
-    number = int(next_version(out)[1:])
-    while fs.exists(join(root, f"v{number:04d}")):
-        number += 1
-    return f"v{number:04d}"
-
-
 def regenerate_one(
     spec: DatasetSpec, *, before_build: Callable[[], None], progress: Callable[[str], None]
 ) -> Result:
@@ -252,7 +241,7 @@ def regenerate_one(
             version=pointer["version"],
             input_hash=pointer.get("input_hash"),
         )
-    config = spec.build_config(_free_version(spec.out))
+    config = spec.build_config(next_version(spec.out))  # never an interrupted publish's name
     preflight(config)
     before_build()
     summary = build_dataset(config, progress=progress)

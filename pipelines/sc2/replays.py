@@ -170,8 +170,9 @@ def list_replays(cfg: Sc2ReplayConfig) -> list[dict[str, Any]]:
             "split": hash_split(
                 ref, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction
             ),
+            "reason": reason,  # a special file or an undecodable name: never opened
         }
-        for i, (url, ref, _) in enumerate(list_files(cfg.input))
+        for i, (url, ref, _, reason) in enumerate(list_files(cfg.input))
     ]
 
 
@@ -183,6 +184,8 @@ def parse_replays(batch: pa.Table, *, params: dict[str, Any]) -> pa.Table:
         base = {"split": item["split"], "ref": item["ref"], "scene": None, "reason": None}
         index = item["_index"] * MAX_SCENES_PER_REPLAY
         try:
+            if item.get("reason"):
+                raise OSError(item["reason"])
             data = read_bytes(item["url"])
             digest = hashlib.sha256(data).hexdigest()[:16]
             track = replay_track(
