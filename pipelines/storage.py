@@ -6,6 +6,7 @@ Layout of a dataset root (a local path or ``s3://bucket/prefix``)::
     <root>/<version>/split=<split>/part-*.parquet
     <root>/<version>/rejects/part-*.parquet
     <root>/_staging/<version>-<token>/       where a build writes before it is published
+                                            (a killed build's: removed after a day)
     <root>/latest.json                      {"version": ...}: moved only after a publish succeeded
 
 S3 endpoint, credentials and region come from the standard AWS environment/config (for a local
@@ -14,10 +15,13 @@ S3-compatible server: ``AWS_ENDPOINT_URL``); they are never logged.
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import os
 import posixpath
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +45,9 @@ LATEST = "latest.json"
 STAGING = "_staging"
 REJECTS_DIR = "rejects"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A staging directory unchanged this long belongs to a killed build (clean_staging).
+STALE_STAGING_S = 24 * 3600
+log = logging.getLogger(__name__)
 
 
 class StorageError(ValueError):
@@ -87,8 +94,16 @@ def list_versions(root_url: str) -> list[str]:
 
 
 def next_version(root_url: str) -> str:
-    """``v0001``, ``v0002``, ... after the highest numbered published version."""
-    numbers = [int(v[1:]) for v in list_versions(root_url) if re.fullmatch(r"v\d+", v)]
+    """``v0001``, ``v0002``, ... after the highest numbered version directory, published or
+    not: a publish interrupted after moving its files (no manifest yet; on S3 the copy takes a
+    while) leaves its directory, whose name is skipped, never reused."""
+    fs, root = filesystem(root_url)
+    names = (
+        [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        if fs.exists(root)
+        else []
+    )
+    numbers = [int(n[1:]) for n in names if re.fullmatch(r"v\d+", n)]
     return f"v{max(numbers, default=0) + 1:04d}"
 
 
@@ -170,6 +185,7 @@ class Staging:
                 f"dataset version {root_url.rstrip('/')}/{version} already exists ({state}); "
                 "choose another --version or delete it"
             )
+        clean_staging(root_url)
         path = join(root, STAGING, f"{version}-{uuid.uuid4().hex[:8]}")
         try:
             fs.makedirs(path, exist_ok=True)
@@ -201,6 +217,37 @@ class Staging:
         """Remove the staging directory (after a failed build)."""
         if self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)
+
+
+def clean_staging(root_url: str, *, stale_after_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove the staging directories of killed builds: those where nothing changed for
+    `stale_after_s` (a running build writes a shard every few minutes). Returns their names."""
+    fs, root = filesystem(root_url)
+    staging = join(root, STAGING)
+    if not fs.exists(staging):
+        return []
+    removed = []
+    for path in fs.ls(staging, detail=False):
+        newest = _newest_change(fs, path)
+        if newest is not None and time.time() - newest > stale_after_s:
+            fs.rm(path, recursive=True)
+            removed.append(posixpath.basename(path.rstrip("/")))
+    if removed:
+        log.info("removed the staging directories of killed builds: %s", removed)
+    return removed
+
+
+def _newest_change(fs: AbstractFileSystem, path: str) -> float | None:
+    """The latest modification time (epoch seconds) of `path` or anything under it."""
+    infos = [fs.info(path), *fs.find(path, withdirs=True, detail=True).values()]
+    stamps = []
+    for info in infos:
+        stamp = info.get("mtime") or info.get("LastModified")
+        if isinstance(stamp, datetime.datetime):
+            stamp = stamp.timestamp()
+        if isinstance(stamp, (int, float)):
+            stamps.append(float(stamp))
+    return max(stamps, default=None)
 
 
 def write_json(fs: AbstractFileSystem, path: str, payload: dict[str, Any]) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipelines.build import write_shard
+from pipelines.build import BuildConfig, preflight, write_shard
 from pipelines.digits import load_digits, split_digits
 from pipelines.schema import SCHEMA_VERSION, SchemaError
 from pipelines.sources import generate_rows
 from pipelines.storage import (
+    STALE_STAGING_S,
     DatasetVersion,
     Staging,
     StorageError,
@@ -137,3 +140,25 @@ def test_column_codecs_reach_the_list_columns(
     assert codecs["tiles.list.element"] == tiles_codec
     assert codecs["level_tiles.list.element"] == "ZSTD"
     assert codecs["proxy"] == "UNCOMPRESSED" and codecs["label"] == "ZSTD"
+
+
+def test_an_interrupted_publish_is_skipped_by_the_next_default_build(tmp_path: Path) -> None:
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": SCHEMA_VERSION})
+    (tmp_path / "v0002" / "split=train").mkdir(parents=True)  # files moved, no manifest yet
+    assert list_versions(str(tmp_path)) == ["v0001"]
+    assert next_version(str(tmp_path)) == "v0003"
+    preflight(BuildConfig(source="cluttered_mnist", out=str(tmp_path)))  # a default build
+
+
+def test_the_staging_of_a_killed_build_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    dead = tmp_path / "_staging" / "v0001-dead0000"
+    live = tmp_path / "_staging" / "v0001-live0000"  # a build running now
+    for folder in (dead, live):
+        (folder / "split=train").mkdir(parents=True)
+        (folder / "split=train" / "part-00000000.parquet").write_bytes(b"rows")
+    stale = time.time() - STALE_STAGING_S - 60
+    for path in (dead, dead / "split=train", dead / "split=train" / "part-00000000.parquet"):
+        os.utime(path, (stale, stale))
+    staging = Staging.create(str(tmp_path), "v0001")
+    left = sorted(p.name for p in (tmp_path / "_staging").iterdir())
+    assert left == sorted([live.name, Path(staging.path).name])
