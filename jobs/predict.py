@@ -25,9 +25,12 @@ from pipelines.storage import resolve_version
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = JobParser(prog="python -m jobs.predict", description=__doc__)
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    p.add_argument("--dataset", help="a dataset version <root>/<version>, or a root (its latest)")
+    source = p.add_mutually_exclusive_group(required=True)  # exactly one input
+    source.add_argument(
+        "--dataset", help="a dataset version <root>/<version>, or a root (its latest)"
+    )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--images", help="a folder or s3:// prefix of image files")
+    source.add_argument("--images", help="a folder or s3:// prefix of image files")
     p.add_argument("--out", required=True, help="predictions Parquet file (local or s3://)")
     p.add_argument("--annotate", help="folder for annotated PNGs (local or s3://)")
     p.add_argument("--batch-size", type=positive_int, default=16)

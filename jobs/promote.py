@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.rollback and args.candidate is None:
         p.error("--candidate is required (or --rollback)")
+    if args.candidate is not None and not (args.candidate.isdigit() or args.candidate == "latest"):
+        p.error(f"--candidate {args.candidate!r} is not a version number or `latest`")
     return args
 
 
