@@ -22,9 +22,11 @@ from jobs.training.loop import build_model
 from jobs.training.packaging import log_and_register
 from jobs.training.recipes import make_recipe
 from jobs.training.tracking import ensure_experiment, tracking_uri
+from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest
 from pipelines.storage import DatasetVersion, Staging, write_parquet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARD = "part-00000000.parquet"
 
 
 def register_constant_model(
@@ -67,13 +69,16 @@ def derived_dataset(source: str, root: Path, *, splits: tuple[str, ...]) -> str:
         test.schema.get_field_index("split"), "split", pa.array(["test"] * test.num_rows)
     )
     staging = Staging.create(str(root), "v0001")
-    counts = {}
+    counts, digests = {}, {}
     for split, table in (("train", version.read("train")), ("test", test)):
         directory = f"{staging.path}/split={split}"
         staging.fs.makedirs(directory, exist_ok=True)
-        write_parquet(staging.fs, f"{directory}/part-00000000.parquet", table)
+        write_parquet(staging.fs, f"{directory}/{SHARD}", table)
         counts[split] = table.num_rows
-    staging.publish({**version.manifest, "counts": counts, "derived_from": source})
+        # The rows keep their stored digests; the split's digest is over this version's files.
+        digests[split] = split_digest({SHARD: digest_of(table.column(DIGEST_COLUMN).to_pylist())})
+    manifest = {**version.manifest, "counts": counts, "data_digests": digests}
+    staging.publish({**manifest, "derived_from": source})
     return str(root / "v0001")
 
 

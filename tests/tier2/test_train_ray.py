@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jobs.training.assess import assess
+from jobs.training.packaging import model_frame
 from jobs.training.recipes import make_recipe
 from jobs.training.trainer import TrainRequest, train
 from pipelines.storage import DatasetVersion
@@ -70,7 +71,7 @@ def test_train_registers_a_model_that_loads_and_predicts(
 
     mlflow.set_tracking_uri(mlflow_uri)
     model = mlflow.pyfunc.load_model(f"models:/e2e-model/{outcome.model_version}")
-    rows = DatasetVersion.open(tiny_dataset).read_head("test", 3).to_pandas()
+    rows = model_frame(DatasetVersion.open(tiny_dataset).read_head("test", 3))  # tiles packed
     predicted = model.predict(rows)
     assert len(predicted) == 3
     assert predicted["label"].between(0, 54).all()
