@@ -12,6 +12,7 @@ from model.loss import LIKELIHOODS
 
 LOCATORS = ("mlp", "heatmap")
 POOLED_LEVELS = (1, 2, 4, 8, 16)  # 1: never read a pooled level; else pipelines.pyramid's factors
+GLIMPSE_NORMS = ("batch", "group")
 
 
 def _check_positive(config: object, *names: str) -> None:
@@ -50,7 +51,27 @@ class SaccaderConfig:
     # on the proxy (translation-equivariant) against a query from h̄ (model/saccader.py).
     locator: str = "mlp"
     heatmap_stride: int = 4  # heatmap: proxy pixels per grid cell (the conv net's total stride)
+    # heatmap: side the proxy is resized to for the locator's conv net (None: proxy_size). A
+    # large proxy whose objects are a few pixels wide keeps them visible to the locator while the
+    # proxy encoder and decoder work at the small proxy_size.
+    heatmap_size: int | None = None
     inhibit_return: bool = False  # heatmap: cells inside earlier boxes get no mass (next glimpse)
+    # heatmap: the paper's Gaussian (x, y) of z, read as an offset of up to half a cell from the
+    # chosen cell's centre and conditioned on that cell's features: trained pathwise through the
+    # spatial transformer, like the paper's posterior. False: the box sits on the cell centre.
+    heatmap_offset: bool = False
+    # heatmap: the chosen cell carries a straight-through gradient (forward: the sampled cell;
+    # backward: the softmax's), so the likelihood reaches the cell scores through the spatial
+    # transformer. The score-function term (ObjectiveConfig.score_weight) is the other signal.
+    straight_through: bool = False
+    # heatmap: initial weight of a learnable proxy-brightness term in the cell scores (0: none).
+    # With it the learned scores start at zero, so the first glimpses go to bright blobs: where
+    # a random glimpse almost never holds an object (megapixel MNIST), the glimpse classifier
+    # then learns from glimpses that do, and the location rewards carry a signal.
+    heatmap_saliency: float = 0.0
+    # Normalisation in the glimpse encoder: "batch" (BatchNorm) or "group" (GroupNorm: the same
+    # per-example statistics in training and at inference, whatever the other glimpses hold).
+    glimpse_norm: str = "batch"
     # Boxes at least this many windows wide are pooled by a multiple of it and read from the
     # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
     pooled_level: int = 8
@@ -91,11 +112,20 @@ class SaccaderConfig:
             raise ValueError(
                 f"pooled_level must be one of {POOLED_LEVELS}, got {self.pooled_level}"
             )
-        if self.heatmap_stride not in (1, 2, 4, 8) or self.heatmap_stride > self.proxy_size:
+        if self.heatmap_size is None:
+            self.heatmap_size = self.proxy_size
+        _check_positive(self, "heatmap_size")
+        if self.heatmap_stride not in (1, 2, 4, 8) or self.heatmap_stride > self.heatmap_size:
             raise ValueError(
-                f"heatmap_stride must be 1, 2, 4 or 8 and at most proxy_size ({self.proxy_size}), "
-                f"got {self.heatmap_stride}"
+                f"heatmap_stride must be 1, 2, 4 or 8 and at most heatmap_size "
+                f"({self.heatmap_size}), got {self.heatmap_stride}"
             )
+        if self.glimpse_norm not in GLIMPSE_NORMS:
+            raise ValueError(
+                f"glimpse_norm must be one of {GLIMPSE_NORMS}, got {self.glimpse_norm!r}"
+            )
+        if self.heatmap_saliency < 0:
+            raise ValueError(f"heatmap_saliency must be >= 0, got {self.heatmap_saliency}")
 
 
 @dataclass(kw_only=True)

@@ -5,6 +5,7 @@ Shape legend: B batch, C channels, H height, W width, F feature width.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Activation = Callable[[], nn.Module]
+Norm = Callable[[int], nn.Module]  # channels -> a normalisation layer
 
 
 def elu() -> nn.Module:
@@ -39,20 +41,31 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, act: Activation = elu) -> nn
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), act(), nn.Linear(hidden_dim, out_dim))
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3×3 convs with batch norm and a (projected) identity shortcut."""
+def group_norm(channels: int) -> nn.Module:
+    """Group norm (8 groups, or fewer where 8 does not divide `channels`): per-example
+    statistics, the same in training and at inference."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, act: Activation) -> None:
+
+NORMS: dict[str, Norm] = {"batch": nn.BatchNorm2d, "group": group_norm}
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 convs with normalisation and a (projected) identity shortcut."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, act: Activation, norm: Norm = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = norm(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = norm(out_ch)
         self.act = act()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch)
             )
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -62,7 +75,13 @@ class BasicBlock(nn.Module):
 
 
 def resnet_stages(
-    in_ch: int, width: int, blocks: list[int], act: Activation, *, first_stride: int
+    in_ch: int,
+    width: int,
+    blocks: list[int],
+    act: Activation,
+    *,
+    first_stride: int,
+    norm: Norm = nn.BatchNorm2d,
 ) -> tuple[nn.Sequential, int]:
     """Stages of basic blocks, the width doubling and the resolution halving from stage to stage.
 
@@ -74,7 +93,7 @@ def resnet_stages(
         out_ch = width * 2**i
         for j in range(n_blocks):
             stride = (first_stride if i == 0 else 2) if j == 0 else 1
-            layers.append(BasicBlock(ch, out_ch, stride, act))
+            layers.append(BasicBlock(ch, out_ch, stride, act, norm))
             ch = out_ch
     return nn.Sequential(*layers), ch
 
@@ -84,13 +103,21 @@ class SmallResNet(nn.Module):
     that each halve the resolution, global average pooling and a linear map to `out_dim`."""
 
     def __init__(
-        self, in_ch: int, out_dim: int, *, width: int, blocks: list[int], act: Activation = elu
+        self,
+        in_ch: int,
+        out_dim: int,
+        *,
+        width: int,
+        blocks: list[int],
+        act: Activation = elu,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        norm_layer = NORMS[norm]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), act()
+            nn.Conv2d(in_ch, width, 3, padding=1, bias=False), norm_layer(width), act()
         )
-        self.stages, ch = resnet_stages(width, width, blocks, act, first_stride=2)
+        self.stages, ch = resnet_stages(width, width, blocks, act, first_stride=2, norm=norm_layer)
         self.proj = nn.Linear(ch, out_dim)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def saccader_objective(
     *,
     logits_BK: torch.Tensor,
     labels_B: torch.Tensor,
-    kl_BT3: torch.Tensor,
+    kl_BT: torch.Tensor,
     recon_nll_BT: torch.Tensor,
     glimpse_logits_BTK: torch.Tensor | None,
     config: ObjectiveConfig,
@@ -129,7 +129,6 @@ def saccader_objective(
     the glimpse logits' classes); default: the label alone. A two-digit pair's are its digits,
     since one glimpse sees one digit (`glimpse_log_likelihood`)."""
     ce_B = F.cross_entropy(logits_BK, labels_B, reduction="none")
-    kl_BT = kl_BT3.sum(dim=2)
     if config.kind == "product":
         vae_B = (recon_nll_BT + config.kl_weight * kl_BT).mean(dim=1)
         total = (vae_B * ce_B).mean()

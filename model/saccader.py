@@ -46,18 +46,47 @@ class SaccaderOutput:
     glimpse_logits_BTK: torch.Tensor
     boxes_BT4: torch.Tensor  # where each glimpse looked
     z_BT3: torch.Tensor  # the latents used (samples in training, posterior means at inference)
-    kl_BT3: torch.Tensor  # KL(q_t ‖ p_t) per coordinate (heatmap: the cell's KL under x, 0 under y)
-    log_q_BT: torch.Tensor  # log q(z_t) of the location used, for the score-function term
+    kl_BT: torch.Tensor  # KL(q_t ‖ p_t) of each glimpse's location, summed over its parts
+    log_q_BT: torch.Tensor  # log q of the sampled choice (heatmap: the cell), for the score term
     recon_BTCHW: torch.Tensor  # proxy reconstruction (Bernoulli logits or Gaussian means)
 
 
 @dataclass
 class _Location:
-    """One step of `locate`: the latent used, its KL to the prior and the location's log q."""
+    """One step of `locate`: the latent used, its box, its KL to the prior and its log q."""
+
+    z_B3: torch.Tensor  # (scale, x, y): x, y the box centre in [−1, 1] (heatmap) or its tanh⁻¹
+    boxes_B4: torch.Tensor
+    kl_B: torch.Tensor
+    log_q_B: torch.Tensor
+
+
+@dataclass
+class _Scene:
+    """Per batch, computed once before the glimpse loop."""
+
+    sizes: list[tuple[int, int]]  # (H, W) of each original
+    keys_BGL: torch.Tensor | None = None  # heat map: per-cell features of the proxy
+    brightness_BG: torch.Tensor | None = None  # heat map: per-cell brightest blob
+
+
+@dataclass
+class _Gaussian:
+    """A draw from the paper's diagonal Gaussian q(z | ·) and its KL to the prior p(z | h̄)."""
 
     z_B3: torch.Tensor
     kl_B3: torch.Tensor
-    log_q_B: torch.Tensor
+    log_q_B3: torch.Tensor
+
+
+@dataclass
+class _Cell:
+    """A draw from the heat-map's categorical q(cell | x̃, h̄)."""
+
+    centre_B2: torch.Tensor  # (x, y) in [−1, 1]; carries the straight-through gradient if asked
+    key_BL: torch.Tensor  # the chosen cell's features
+    kl_B: torch.Tensor  # KL(q(cell) ‖ p(cell))
+    log_q_B: torch.Tensor  # log q of the chosen cell
 
 
 class HeatmapLocator(nn.Module):
@@ -67,10 +96,19 @@ class HeatmapLocator(nn.Module):
     by a dot product. The keys are translation-equivariant, so "a bright blob here" is learnt once
     for every position instead of position by position, which the pooled-vector MLP posterior
     must do (MODEL.md, "Known difficulties"). Two coordinate channels let the query also prefer
-    places. Cell centres in [−1, 1] become the glimpse centres.
+    places. Cell centres in [−1, 1] become the glimpse centres. An optional learnable brightness
+    term (`saliency`) adds each cell's brightest blob to its score.
     """
 
-    def __init__(self, proxy_channels: int, latent: int, width: int, proxy_size: int, stride: int):
+    def __init__(
+        self,
+        proxy_channels: int,
+        latent: int,
+        width: int,
+        size: int,
+        stride: int,
+        saliency: float = 0.0,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(proxy_channels + 2, width, 3, padding=1), nn.ELU()]
         for _ in range(int(math.log2(stride))):
@@ -78,28 +116,53 @@ class HeatmapLocator(nn.Module):
         layers.append(nn.Conv2d(width, latent, 1))
         self.keys = nn.Sequential(*layers)
         self.query = nn.Linear(latent, latent)
-        self.grid = math.ceil(proxy_size / stride)
+        self.size, self.stride = size, stride
+        self.grid = math.ceil(size / stride)
         self.prior = nn.Linear(latent, self.grid**2)  # p(cell | h̄): no proxy, as the paper's prior
+        self.saliency: nn.Parameter | None = None
+        if saliency > 0:
+            self.saliency = nn.Parameter(torch.tensor(float(saliency)))
+            with torch.no_grad():  # learned scores start at zero: brightness leads at first
+                self.query.weight.zero_()
+                self.query.bias.zero_()
         centres_G = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid * 2 - 1
         cy_GG, cx_GG = torch.meshgrid(centres_G, centres_G, indexing="ij")
         self.register_buffer("centres_G2", torch.stack([cx_GG, cy_GG], -1).view(-1, 2), False)
 
     def keys_of(self, proxy_BCPP: torch.Tensor) -> torch.Tensor:
-        """B×G×L keys, computed once per image."""
+        """B×G×L keys, computed once per image (the proxy at any size: resized to `size`)."""
+        proxy_BCPP = resize_square(proxy_BCPP, self.size)
         B, _, P, _ = proxy_BCPP.shape
         ramp_P = torch.linspace(-1, 1, P, device=proxy_BCPP.device, dtype=proxy_BCPP.dtype)
         coords_B2PP = torch.stack(torch.meshgrid(ramp_P, ramp_P, indexing="ij")).expand(B, 2, P, P)
         keys_BLgg = self.keys(torch.cat([proxy_BCPP, coords_B2PP], dim=1))
         return keys_BLgg.flatten(2).transpose(1, 2)
 
+    def brightness(self, proxy_BCPP: torch.Tensor) -> torch.Tensor:
+        """B×G: per cell, the brightest stride×stride mean of the proxy (a blob detector)."""
+        grey_B1PP = resize_square(proxy_BCPP, self.size).mean(dim=1, keepdim=True)
+        s = self.stride
+        blobs_B1PP = F.avg_pool2d(F.pad(grey_B1PP, (0, s - 1, 0, s - 1)), s, stride=1)
+        pad = -grey_B1PP.shape[-1] % s
+        cells_BG = F.max_pool2d(F.pad(blobs_B1PP, (0, pad, 0, pad)), s).flatten(1)
+        # Per image, relative to its brightest cell: a gain then means the same margin over
+        # the other cells whatever the exposure (a dim image's digits are still its blobs).
+        return cells_BG / cells_BG.amax(dim=1, keepdim=True).clamp_min(1e-3)
+
     def logits(
-        self, keys_BGL: torch.Tensor, h_BL: torch.Tensor, visited_B4s: list[torch.Tensor]
+        self,
+        keys_BGL: torch.Tensor,
+        h_BL: torch.Tensor,
+        visited_B4s: list[torch.Tensor],
+        brightness_BG: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior and prior log-probabilities over cells (B×G each); cells whose centre lies
         in an earlier box (`visited_B4s`, normalised boxes) are masked out of the posterior."""
         scores_BG = torch.einsum("bgl,bl->bg", keys_BGL, self.query(h_BL)) / math.sqrt(
             keys_BGL.shape[2]
         )
+        if self.saliency is not None and brightness_BG is not None:
+            scores_BG = scores_BG + self.saliency * brightness_BG
         cx_G, cy_G = ((self.centres_G2[:, i] + 1) / 2 for i in range(2))
         for boxes_B4 in visited_B4s:
             y0, x0, y1, x1 = (boxes_B4[:, i : i + 1].detach() for i in range(4))
@@ -108,12 +171,37 @@ class HeatmapLocator(nn.Module):
             scores_BG = scores_BG.masked_fill(inside_BG & ~all_masked_B1, -1e4)
         return F.log_softmax(scores_BG, dim=1), F.log_softmax(self.prior(h_BL), dim=1)
 
+    def choose(
+        self,
+        log_q_BG: torch.Tensor,
+        log_p_BG: torch.Tensor,
+        keys_BGL: torch.Tensor,
+        *,
+        sample: bool,
+        straight_through: bool,
+    ) -> _Cell:
+        """A cell drawn from q (training) or its mode (inference), and what comes with it."""
+        if sample:
+            cell_B = torch.distributions.Categorical(logits=log_q_BG).sample()
+        else:
+            cell_B = log_q_BG.argmax(dim=1)
+        one_hot_BG = F.one_hot(cell_B, log_q_BG.shape[1]).to(log_q_BG.dtype)
+        if straight_through:  # forward: the cell itself; backward: the softmax's gradient
+            q_BG = log_q_BG.exp()
+            one_hot_BG = one_hot_BG + q_BG - q_BG.detach()
+        return _Cell(
+            centre_B2=one_hot_BG @ self.centres_G2,
+            key_BL=keys_BGL[torch.arange(len(cell_B), device=cell_B.device), cell_B],
+            kl_B=(log_q_BG.exp() * (log_q_BG - log_p_BG)).sum(dim=1),
+            log_q_B=log_q_BG.gather(1, cell_B[:, None]).squeeze(1),
+        )
+
 
 class Saccader(BatchClassifier):
     """Variational saccader: T glimpses of W×W pixels chosen from the proxy, then a class.
 
-    Train through `loss` with an `ObjectiveConfig` (`product` by default, as measured in
-    model/loss.py); `predict` is deterministic in eval mode and returns the boxes.
+    Train through `loss` with an `ObjectiveConfig`; `predict` is deterministic in eval mode and
+    returns the boxes.
     """
 
     def __init__(self, config: SaccaderConfig) -> None:
@@ -122,10 +210,28 @@ class Saccader(BatchClassifier):
         L, P, C_proxy = config.latent, config.proxy_size, config.proxy_channels
         encoder = {"width": config.encoder_width, "blocks": list(config.encoder_blocks)}
         self.proxy_encoder = SmallResNet(C_proxy, L, **encoder)  # φ_x
-        self.glimpse_encoder = SmallResNet(config.in_channels, L, **encoder)
+        # The glimpse encoder sees T very different steps (later glimpses are often background):
+        # batch statistics per step in training but running ones shared by all steps at
+        # inference would differ, hence `glimpse_norm` ("group": per-example statistics).
+        self.glimpse_encoder = SmallResNet(
+            config.in_channels, L, **encoder, norm=config.glimpse_norm
+        )
         core_in = 3 * L if config.feed_glimpse else 2 * L
         self.core = nn.LSTM(core_in, L, num_layers=LSTM_LAYERS, batch_first=True)
-        self.posterior = mlp(2 * L, L, 6)  # [f, h̄] → (μ, log σ²)
+        self.heatmap = (
+            HeatmapLocator(
+                C_proxy,
+                L,
+                config.encoder_width,
+                config.heatmap_size,
+                config.heatmap_stride,
+                config.heatmap_saliency,
+            )
+            if config.locator == "heatmap"
+            else None
+        )
+        # q(z | ·) on [f, h̄], and with the heat map also on the chosen cell's key (its offset)
+        self.posterior = mlp(3 * L if self.heatmap is not None else 2 * L, L, 6)
         self.prior = mlp(L, L, 6)  # h̄ → (μ_p, log σ_p²)
         self.phi_z = mlp(3, L, L)
         self.decoder = mlp(2 * L, L, C_proxy * P * P)  # [φ_z(z), h̄] → x̃
@@ -139,17 +245,15 @@ class Saccader(BatchClassifier):
             for k, parts in enumerate(config.part_classes):
                 mask_KP[k, list(parts)] = True
             self.register_buffer("part_mask_KP", mask_KP, persistent=False)
-        self.heatmap = (
-            HeatmapLocator(C_proxy, L, config.encoder_width, P, config.heatmap_stride)
-            if config.locator == "heatmap"
-            else None
-        )
         with torch.no_grad():
             # q(z) starts narrow and input-independent in its variance: early training glimpses
             # are then near the mean, not random crops (MODEL.md, "Known difficulties").
-            logvar_layer = self.posterior[-1]
-            logvar_layer.weight[3:].zero_()
-            logvar_layer.bias[3:].fill_(config.posterior_logvar_init)
+            out_layer = self.posterior[-1]
+            out_layer.weight[3:].zero_()
+            out_layer.bias[3:].fill_(config.posterior_logvar_init)
+            if self.heatmap is not None:  # offsets start at the cell centre
+                out_layer.weight[1:3].zero_()
+                out_layer.bias[1:3].zero_()
 
     def forward(
         self, proxy_BCHW: torch.Tensor, reader: RegionReader, *, sample: bool | None = None
@@ -159,52 +263,44 @@ class Saccader(BatchClassifier):
         cfg = self.config
         f_BL = self.proxy_encoder(resize_square(proxy_BCHW, cfg.proxy_size))
         state = self._initial_state(f_BL)
-        sizes = reader.image_sizes()
-        keys_BGL = None
-        if self.heatmap is not None:
-            keys_BGL = self.heatmap.keys_of(resize_square(proxy_BCHW, cfg.proxy_size))
-        to_boxes = centre_to_boxes if self.heatmap is not None else latent_to_boxes
-        a, boxes, z, kl, log_q, recon = [], [], [], [], [], []
+        scene = self._scene(proxy_BCHW, reader)
+        a, recon, steps = [], [], []
         for _ in range(cfg.glimpses):
             h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
-            # locate
-            where = self._locate(f_BL, h_BL, sample=sample)
-            if keys_BGL is not None:
-                where = self._locate_cell(where, keys_BGL, h_BL, boxes, sample=sample)
-            boxes_B4 = to_boxes(
-                where.z_B3,
-                sizes,
-                min_fraction=cfg.min_image_fraction,
-                max_fraction=cfg.max_image_fraction,
-            )
-            # glimpse
+            where = self._locate(f_BL, h_BL, scene, [s.boxes_B4 for s in steps], sample=sample)
             g_BL = self.glimpse_encoder(
-                read_glimpses(reader, boxes_B4, cfg.window, level=cfg.pooled_level)
+                read_glimpses(reader, where.boxes_B4, cfg.window, level=cfg.pooled_level)
             )
-            # classify (this glimpse's share), reconstruct the proxy, step the core
             a.append(self.glimpse_head(torch.cat([h_BL, g_BL], dim=1)))
             e_BL = self.phi_z(where.z_B3)
             recon.append(self.decoder(torch.cat([e_BL, h_BL], dim=1)))
             core_in = [f_BL, e_BL, g_BL] if cfg.feed_glimpse else [f_BL, e_BL]
             _, state = self.core(torch.cat(core_in, dim=1).unsqueeze(1), state)
-            boxes.append(boxes_B4)
-            z.append(where.z_B3)
-            kl.append(where.kl_B3)
-            log_q.append(where.log_q_B)
+            steps.append(where)
         a_BTL = torch.stack(a, dim=1)
+        head = self.part_head if self.part_head is not None else self.classifier
         B = proxy_BCHW.shape[0]
         return SaccaderOutput(
             logits_BK=self.classifier(a_BTL.mean(dim=1)),
-            glimpse_logits_BTK=(self.part_head if self.part_head is not None else self.classifier)(
-                a_BTL
-            ),
-            boxes_BT4=torch.stack(boxes, dim=1),
-            z_BT3=torch.stack(z, dim=1),
-            kl_BT3=torch.stack(kl, dim=1),
-            log_q_BT=torch.stack(log_q, dim=1),
+            glimpse_logits_BTK=head(a_BTL),
+            boxes_BT4=torch.stack([s.boxes_B4 for s in steps], dim=1),
+            z_BT3=torch.stack([s.z_B3 for s in steps], dim=1),
+            kl_BT=torch.stack([s.kl_B for s in steps], dim=1),
+            log_q_BT=torch.stack([s.log_q_B for s in steps], dim=1),
             recon_BTCHW=torch.stack(recon, dim=1).view(
                 B, cfg.glimpses, cfg.proxy_channels, cfg.proxy_size, cfg.proxy_size
             ),
+        )
+
+    def _scene(self, proxy_BCHW: torch.Tensor, reader: RegionReader) -> _Scene:
+        """What every glimpse step reads: the image sizes and, once per image, the heat map's
+        keys and brightness."""
+        if self.heatmap is None:
+            return _Scene(sizes=reader.image_sizes())
+        return _Scene(
+            sizes=reader.image_sizes(),
+            keys_BGL=self.heatmap.keys_of(proxy_BCHW),
+            brightness_BG=self.heatmap.brightness(proxy_BCHW),
         )
 
     def _initial_state(self, f_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,43 +312,63 @@ class Saccader(BatchClassifier):
             c_SBL = c_SBL + self.config.init_noise * torch.randn_like(c_SBL)
         return h_SBL, c_SBL
 
-    def _locate(self, f_BL: torch.Tensor, h_BL: torch.Tensor, *, sample: bool) -> _Location:
-        """z_t from q(z_t | x̃, h_{t−1}) (a reparameterised sample, or its mean) and its KL."""
-        mu_B3, logvar_B3 = self.posterior(torch.cat([f_BL, h_BL], dim=1)).chunk(2, dim=1)
+    def _gaussian(self, q_in_BX: torch.Tensor, h_BL: torch.Tensor, *, sample: bool) -> _Gaussian:
+        """z from q(z | ·) (a reparameterised sample, or its mean), its KL and log q."""
+        mu_B3, logvar_B3 = self.posterior(q_in_BX).chunk(2, dim=1)
         prior_mu_B3, prior_logvar_B3 = self.prior(h_BL).chunk(2, dim=1)
         z_B3 = mu_B3
         if sample:
             z_B3 = mu_B3 + torch.randn_like(mu_B3) * (0.5 * logvar_B3).exp()
-        kl_B3 = gaussian_kl(mu_B3, logvar_B3, prior_mu_B3, prior_logvar_B3)
         # log N(z; μ, σ²) of the sample held fixed: its gradient is the score function.
         eps_B3 = (z_B3.detach() - mu_B3) * (-0.5 * logvar_B3).exp()
-        log_q_B = (-0.5 * (eps_B3**2 + logvar_B3 + math.log(2 * math.pi))).sum(dim=1)
-        return _Location(z_B3=z_B3, kl_B3=kl_B3, log_q_B=log_q_B)
+        return _Gaussian(
+            z_B3=z_B3,
+            kl_B3=gaussian_kl(mu_B3, logvar_B3, prior_mu_B3, prior_logvar_B3),
+            log_q_B3=-0.5 * (eps_B3**2 + logvar_B3 + math.log(2 * math.pi)),
+        )
 
-    def _locate_cell(
+    def _locate(
         self,
-        where: _Location,
-        keys_BGL: torch.Tensor,
+        f_BL: torch.Tensor,
         h_BL: torch.Tensor,
+        scene: _Scene,
         visited: list[torch.Tensor],
         *,
         sample: bool,
     ) -> _Location:
-        """Replace the Gaussian centre by a grid cell: drawn from q(cell) in training, its mode at
-        inference. The scale keeps its Gaussian (and its pathwise gradient)."""
-        assert self.heatmap is not None
-        inhibit = visited if self.config.inhibit_return else []
-        log_q_BG, log_p_BG = self.heatmap.logits(keys_BGL, h_BL, inhibit)
-        if sample:
-            cell_B = torch.distributions.Categorical(logits=log_q_BG).sample()
-        else:
-            cell_B = log_q_BG.argmax(dim=1)
-        centre_B2 = self.heatmap.centres_G2[cell_B]
-        z_B3 = torch.cat([where.z_B3[:, :1], centre_B2], dim=1)
-        cell_kl_B = (log_q_BG.exp() * (log_q_BG - log_p_BG)).sum(dim=1)
-        kl_B3 = torch.stack([where.kl_B3[:, 0], cell_kl_B, torch.zeros_like(cell_kl_B)], dim=1)
-        log_q_B = log_q_BG.gather(1, cell_B[:, None]).squeeze(1)
-        return _Location(z_B3=z_B3, kl_B3=kl_B3, log_q_B=log_q_B)
+        """Where glimpse t looks. The paper's locator: z = (scale, x, y) from the Gaussian
+        posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
+        scale and (with `heatmap_offset`) its x, y as an offset of up to half a cell."""
+        cfg = self.config
+        sides = {"min_fraction": cfg.min_image_fraction, "max_fraction": cfg.max_image_fraction}
+        if self.heatmap is None:
+            z = self._gaussian(torch.cat([f_BL, h_BL], dim=1), h_BL, sample=sample)
+            boxes_B4 = latent_to_boxes(z.z_B3, scene.sizes, **sides)
+            return _Location(z.z_B3, boxes_B4, z.kl_B3.sum(dim=1), z.log_q_B3.sum(dim=1))
+        assert scene.keys_BGL is not None
+        log_q_BG, log_p_BG = self.heatmap.logits(
+            scene.keys_BGL,
+            h_BL,
+            visited if cfg.inhibit_return else [],
+            scene.brightness_BG,
+        )
+        cell = self.heatmap.choose(
+            log_q_BG,
+            log_p_BG,
+            scene.keys_BGL,
+            sample=sample,
+            straight_through=cfg.straight_through,
+        )
+        z = self._gaussian(
+            torch.cat([f_BL, h_BL, cell.key_BL.detach()], dim=1), h_BL, sample=sample
+        )
+        kl_B = cell.kl_B + z.kl_B3[:, 0]
+        centre_B2 = cell.centre_B2
+        if cfg.heatmap_offset:  # up to half a cell either way (a cell is 2/grid wide)
+            centre_B2 = centre_B2 + torch.tanh(z.z_B3[:, 1:]) * (1 / self.heatmap.grid)
+            kl_B = kl_B + z.kl_B3[:, 1:].sum(dim=1)
+        z_B3 = torch.cat([z.z_B3[:, :1], centre_B2], dim=1)
+        return _Location(z_B3, centre_to_boxes(z_B3, scene.sizes, **sides), kl_B, cell.log_q_B)
 
     def loss(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
         out = self(batch.proxy_BCHW, batch.region_reader())
@@ -260,7 +376,7 @@ class Saccader(BatchClassifier):
         return saccader_objective(
             logits_BK=out.logits_BK,
             labels_B=batch.labels_B,
-            kl_BT3=out.kl_BT3,
+            kl_BT=out.kl_BT,
             recon_nll_BT=reconstruction_nll(out.recon_BTCHW, target_BCHW, self.config.likelihood),
             glimpse_logits_BTK=out.glimpse_logits_BTK,
             log_q_BT=out.log_q_BT,

@@ -109,6 +109,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="per-glimpse targets are the label's digits (SaccaderConfig.part_classes)",
     )
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further SaccaderConfig setting (e.g. heatmap_saliency=20)",
+    )
     p.add_argument("--models", default="saccader,proxy_only,patches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -159,7 +166,22 @@ def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
         "heatmap_stride": args.heatmap_stride,
         "inhibit_return": args.inhibit_return,
         "feed_glimpse": args.feed_glimpse,
+        **_model_settings(args.model_set),
     }
+
+
+def _model_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--model-set`` pairs parsed by the SaccaderConfig field types (as the train job's)."""
+    from jobs.common import parse_key_values
+    from jobs.training.recipes import _model_setting_types, parse_setting
+
+    types = _model_setting_types("saccader")
+    settings = {}
+    for key, raw in parse_key_values(list(pairs), flag="--model-set").items():
+        if key not in types:
+            raise ValueError(f"--model-set {key}: not a SaccaderConfig setting")
+        settings[key] = parse_setting(key, raw, types[key])
+    return settings
 
 
 def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, Any]:

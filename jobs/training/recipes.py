@@ -177,6 +177,52 @@ def quickstart_cpu(dataset: str) -> TrainConfig:
     return dataclasses.replace(cluttered_cpu(dataset), epochs=4, picture_every=1)
 
 
+def detail_cpu(dataset: str) -> TrainConfig:
+    """Where detail matters, on 2 CPU cores: one digit (10 classes) with clutter on a 1000-px
+    canvas, the original at full resolution and the proxy blurred ×10 to 100 px (cluttered MNIST
+    ``task=single canvas_size=1000 original_size=1000 downsample_scale=10 proxy_size=100``).
+    The digit is 28 px in the original, under 3 px in the proxy and 6 px once the image is resized
+    to 224, so only a model that reads full-resolution pixels can tell it.
+
+    Two glimpses of 32 px over boxes of 0.045–0.05 of the side (45–50 px: the whole digit at
+    ~0.65 scale). The heat-map locator works on a 50×50 grid (stride 2 on the proxy) whose cell
+    scores start from a brightness prior (`heatmap_saliency`): with 2,500 cells a random glimpse
+    almost never holds the digit, so neither the glimpse classifier nor the score-function
+    reward gets a signal (MODEL.md); with the prior the first glimpse holds it from step 0 and
+    the learned scores start at zero. Inhibition of return sends the second glimpse elsewhere.
+    No box curriculum: at this scale a large box shrinks the digit below what a 32-px window
+    can read. Measured in BENCHMARKS.md ("Headline").
+    """
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={
+            "latent": 64,
+            "window": 32,
+            "encoder_width": 16,
+            "encoder_blocks": (1, 1, 1),
+            "proxy_size": 100,
+            "glimpses": 2,
+            "min_image_fraction": 0.045,
+            "max_image_fraction": 0.05,
+            "locator": "heatmap",
+            "heatmap_stride": 2,
+            "heatmap_saliency": 12.0,
+            "inhibit_return": True,
+            "glimpse_norm": "group",  # the second glimpse is mostly background
+        },
+        epochs=6,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=100,
+        aux_weight=1.0,
+        score_weight=1.0,
+        kl_weight=0.1,
+        recon_weight=0.01,
+        picture_every=2,
+    )
+
+
 # The baselines' ResNet-18 narrowed for CPU recipes (the paper-scale recipes use the full width),
 # as in `python -m jobs.benchmark localize`; every pixel in 100-px patches (2×2 of the CPU
 # datasets' 200-px originals; 224-px patches would be mostly zero padding), the proxy at 40 px.
@@ -186,11 +232,15 @@ CPU_PROXY = {**SMALL_RESNET, "proxy_size": 40}
 
 
 def _baseline(
-    name: str, base: Callable[[str], TrainConfig], model_cfg: dict[str, Any] | None = None
+    name: str,
+    base: Callable[[str], TrainConfig],
+    model_cfg: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> Callable[[str], TrainConfig]:
     def recipe(dataset: str) -> TrainConfig:
         return dataclasses.replace(
             base(dataset),
+            **changes,
             model=name,
             model_cfg=dict(model_cfg or {}),
             warmup_steps=0,
@@ -217,6 +267,15 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu, SMALL_RESNET),
     "cluttered_cpu_patches": _baseline("resnet18_patches", cluttered_cpu, CPU_PATCHES),
     "cluttered_cpu_proxy_only": _baseline("proxy_only", cluttered_cpu, CPU_PROXY),
+    "detail_cpu": detail_cpu,
+    "detail_cpu_resize224": _baseline("resnet18_resize224", detail_cpu, SMALL_RESNET),
+    # 16 patches of 250 px; one epoch of every pixel costs about the saccader's whole training
+    "detail_cpu_patches": _baseline(
+        "resnet18_patches", detail_cpu, {**CPU_PATCHES, "patch_size": 250}, epochs=1
+    ),
+    "detail_cpu_proxy_only": _baseline(
+        "proxy_only", detail_cpu, {**SMALL_RESNET, "proxy_size": 100}
+    ),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
 }

@@ -25,7 +25,7 @@ def terms(seed: int = 0) -> dict[str, torch.Tensor]:
     return {
         "logits_BK": torch.randn(B, K, generator=g),
         "labels_B": torch.tensor([0, 3, 1]),
-        "kl_BT3": torch.rand(B, T, 3, generator=g),
+        "kl_BT": torch.rand(B, T, generator=g),
         "recon_nll_BT": 10 * torch.rand(B, T, generator=g),
         "glimpse_logits_BTK": torch.randn(B, T, K, generator=g),
     }
@@ -63,13 +63,13 @@ def test_product_is_vae_times_cross_entropy(aux_weight: float) -> None:
     config = ObjectiveConfig(kind="product", kl_weight=5.0, aux_weight=aux_weight)
     parts = saccader_objective(**t, config=config)
     ce_B = F.cross_entropy(t["logits_BK"], t["labels_B"], reduction="none")
-    vae_B = (t["recon_nll_BT"] + 5.0 * t["kl_BT3"].sum(2)).mean(1)
+    vae_B = (t["recon_nll_BT"] + 5.0 * t["kl_BT"]).mean(1)
     aux = F.cross_entropy(
         t["glimpse_logits_BTK"].reshape(B * T, K), t["labels_B"].repeat_interleave(T)
     )
     torch.testing.assert_close(parts.total, (vae_B * ce_B).mean() + aux_weight * aux)
     torch.testing.assert_close(parts.ce, ce_B.mean())
-    torch.testing.assert_close(parts.kl, t["kl_BT3"].sum((1, 2)).mean())
+    torch.testing.assert_close(parts.kl, t["kl_BT"].sum(1).mean())
     torch.testing.assert_close(parts.aux_ce, aux)
 
 
@@ -78,7 +78,7 @@ def test_additive_is_the_bound_plus_reconstruction() -> None:
     config = ObjectiveConfig(kind="additive", kl_weight=0.5, recon_weight=0.1)
     parts = saccader_objective(**t, config=config)
     ce_B = F.cross_entropy(t["logits_BK"], t["labels_B"], reduction="none")
-    expected = ce_B + 0.5 * t["kl_BT3"].sum((1, 2)) + 0.1 * t["recon_nll_BT"].mean(1)
+    expected = ce_B + 0.5 * t["kl_BT"].sum(1) + 0.1 * t["recon_nll_BT"].mean(1)
     torch.testing.assert_close(parts.total, expected.mean())
     torch.testing.assert_close(parts.recon, t["recon_nll_BT"].mean())
     accuracy = (t["logits_BK"].argmax(1) == t["labels_B"]).float().mean()
