@@ -40,7 +40,8 @@ limit is the one that applies.
 Reject reasons (prefixes are stable; the rest names the detail): ``empty file``,
 ``unreadable: ...``, ``not an image: ...``, ``corrupt: ...``, ``truncated: ...``,
 ``over the pixel limit: ...``, ``duplicate of <path>``, ``identical to <path> with another label``,
-``path outside the input folder: ...``, ``not in the ... layout``, ``no label``,
+``path outside the input folder: ...``, ``bad path in the labels file: ...``,
+``not in the ... layout``, ``no label``,
 ``unknown split ...``, ``bad box ...``.
 """
 
@@ -62,7 +63,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.inputs import (
     NotRegularFileError,
-    OutsideInputError,
+    RefusedPathError,
     check_fractions,
     hash_split,
     list_files,
@@ -218,7 +219,7 @@ def _csv_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
         }
         try:
             entry["url"] = resolve(cfg.input, ref)
-        except OutsideInputError as exc:  # never opened: not even its size reaches the reason
+        except RefusedPathError as exc:  # never opened: not even its size reaches the reason
             entry.update(split=cfg.split_of(ref), label_name=None, reason=str(exc))
         else:
             _check_entry(entry, row, cfg)
