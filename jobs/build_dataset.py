@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from jobs import console
 from jobs.common import JobParser, parse_key_values, run_main
+from jobs.ops.services import check_object_store
 from jobs.preflight import BUILD_DEMAND, positive_int, start_ray
 from pipelines.build import BuildConfig, BuildSummary, build_dataset, preflight
 from pipelines.sources import FILE_SOURCES, SOURCES
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_per_file=args.rows_per_file,
         mnist_idx=args.mnist_idx,
     )
+    for url in (config.out, config.params.get("input"), config.params.get("labels")):
+        if url:
+            check_object_store(url)  # unreachable, no such bucket, denied: named here
     preflight(config)
     console.start("build_dataset", verbose=args.verbose)
     start_ray(args.num_cpus, BUILD_DEMAND)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from jobs import console
 from jobs.common import JobParser, run_main
+from jobs.ops.services import check_object_store
 from jobs.preflight import positive_int
 from jobs.training.assess import assess
 from jobs.training.data import open_dataset
@@ -31,6 +32,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_object_store(args.dataset)
     say = console.start("evaluate", verbose=args.verbose).say
     with console.current().bar(f"evaluate {args.model}", _rows(args)) as bar:
         result = assess(

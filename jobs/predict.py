@@ -11,6 +11,7 @@ and through ``ray job submit``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,8 +44,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_out(url: str) -> None:
+    """A local --out must be a file name whose folder can exist: found after all the work, an
+    existing directory (or a file where its folder should be) would lose every prediction."""
+    if "://" in url:  # an object key can always be written
+        return
+    path = os.path.abspath(url)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"--out {url} is a directory; give the predictions file, e.g. "
+            f"{os.path.join(url, 'predictions.parquet')}"
+        )
+    parent = next(p for p in _ancestors(path) if os.path.exists(p))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {url}: {parent} is a file, so no folder can be made under it")
+
+
+def _ancestors(path: str) -> list[str]:
+    out = []
+    while path != os.path.dirname(path):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_out(args.out)
     check_tracking_server()
     ref = registry.resolve(args.model)  # no such model, version or alias: fails here
     for url in (args.dataset, args.images, args.out, args.annotate):

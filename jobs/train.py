@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from jobs import console
 from jobs.common import JobParser, parse_key_values, run_main
+from jobs.ops.services import check_object_store
 from jobs.preflight import positive_int, start_ray, training_demand
 from jobs.training.progress import epoch_bar
 from jobs.training.recipes import RECIPES, make_recipe
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = TrainRequest(
         config=config, name=name, storage=args.storage, experiment=args.experiment
     )
+    for url in (args.dataset, args.storage):
+        if url:
+            check_object_store(url)
     version = request.check()  # bad dataset, schema or model settings fail here, before Ray starts
     demand = training_demand(config.num_workers, config.cpus_per_worker, config.use_gpu)
     console.start("train", verbose=args.verbose)

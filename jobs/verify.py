@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from jobs.common import JobParser, run_main
+from jobs.ops.services import check_object_store
 from jobs.preflight import positive_int
 from pipelines.integrity import verify_version
 from pipelines.storage import DatasetVersion
@@ -28,6 +29,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_object_store(args.dataset)
     report = verify_version(
         DatasetVersion.open(args.dataset), decode=args.decode, batch_size=args.batch_size
     )

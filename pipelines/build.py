@@ -20,12 +20,14 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines import dslr
 from pipelines.digits import load_digits, split_digits
@@ -103,6 +105,8 @@ def preflight(config: BuildConfig) -> None:
         for url in (source_config.input, getattr(source_config, "labels", None)):
             if url is not None and not _exists(url):
                 raise FileNotFoundError(f"input {url} does not exist")
+        if isinstance(source_config, dslr.DslrConfig) and source_config.labels:
+            dslr.read_labels(source_config)  # not UTF-8, no header or no rows: fails here
     Staging.create(config.out, config.version or next_version(config.out)).discard()
 
 
@@ -177,6 +181,26 @@ def write_shard(batch: pa.Table, *, staging_url: str) -> pa.Table:
     return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
 
+class EmptyBuildError(ValueError):
+    """Every input was rejected: a version without rows is never published (it would become
+    ``latest`` and train on nothing)."""
+
+
+def _nothing_to_publish(total: int, staging: Staging) -> str:
+    """The refusal's message: how many inputs, and the commonest reject reasons."""
+    reasons: Counter[str] = Counter()
+    rejects_dir = join(staging.path, REJECTS_DIR)
+    if staging.fs.exists(rejects_dir):
+        for path in staging.fs.find(rejects_dir):
+            with staging.fs.open(path, "rb") as f:
+                column = pq.read_table(f, columns=["reason"]).column("reason").to_pylist()
+            reasons.update(r.split(":")[0] for r in column)
+    if not total:
+        return "no rows: the input gave no records to build; nothing was published"
+    common = "; ".join(f"{n} × {reason}" for reason, n in reasons.most_common(3))
+    return f"no rows: all {total} input(s) were rejected ({common}); nothing was published"
+
+
 def _exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
@@ -237,6 +261,8 @@ def build_dataset(
             raise RuntimeError(
                 f"lost records: {plan.total} in, {sum(rows.values())} rows + {rejects} rejects out"
             )
+        if not any(rows.values()):
+            raise EmptyBuildError(_nothing_to_publish(plan.total, staging))
         if not isinstance(source, SyntheticSource):  # file sources: splits that received rows
             rows = {s: n for s, n in rows.items() if n > 0}
         manifest = _manifest(

@@ -3,8 +3,9 @@
 Inputs (``DslrConfig.input``, any ``pipelines.storage`` URL, so ``s3://`` works):
 - ``<split>/<class>/<file>`` (split = train / val / test; deeper folders belong to their class);
 - ``<class>/<file>``: splits assigned by hash;
-- any files plus a labels CSV (``labels``) with a header ``path,label[,split]``; paths relative to
-  the input root (or absolute / URLs); without a split column, splits are assigned by hash.
+- any files plus a labels CSV (``labels``, UTF-8) with a header ``path,label[,split]`` and at
+  least one row; paths relative to the input root (an absolute path, a URL or a ``..`` above the
+  root is a reject, never read); without a split column, splits are assigned by hash.
   Optional columns ``x0,y0,x1,y1`` give one ground-truth box of the labelled object per photo
   (fractions of the stored, EXIF-oriented image's width and height; class = the label), which
   scores where a model looks; empty cells: no box.
@@ -19,7 +20,8 @@ Every listed file is an input: **inputs = rows + rejects**. The stages:
    whose size the listing does not give (labels-file entries, links). Two files of different
    sizes cannot be duplicates, so in the common case no file is read twice (the fdupes trick).
 3. ``mark_duplicates`` (driver, small): empty files, unreadable files, and the second and later
-   copies of the same content ("duplicate of <first path>", first in listing order) become rejects.
+   copies of the same content ("duplicate of <first path>", first in listing order) become rejects;
+   copies that carry different labels are all rejected ("identical to <path> with another label").
    Duplicates are found before tiling, across all splits, so no copy of a test photo trains.
 4. ``tile_files`` (Ray): read, sha256 (the image id), decode once with EXIF orientation and tile
    (``pipelines.photos.tile_encoded_image``), or reject with the reason.
@@ -37,8 +39,10 @@ limit is the one that applies.
 
 Reject reasons (prefixes are stable; the rest names the detail): ``empty file``,
 ``unreadable: ...``, ``not an image: ...``, ``corrupt: ...``, ``truncated: ...``,
-``over the pixel limit: ...``, ``duplicate of <path>``, ``not in the ... layout``,
-``no label``, ``unknown split ...``, ``bad box ...``.
+``over the pixel limit: ...``, ``duplicate of <path>``, ``identical to <path> with another label``,
+``path outside the input folder: ...``, ``bad path in the labels file: ...``,
+``not in the ... layout``, ``no label``,
+``unknown split ...``, ``bad box ...``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.inputs import (
     NotRegularFileError,
+    RefusedPathError,
     check_fractions,
     hash_split,
     list_files,
@@ -166,42 +171,75 @@ def _folder_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
     return entries
 
 
-def _csv_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
+def read_labels(cfg: DslrConfig) -> list[dict[str, str | None]]:
+    """The labels file's rows. A ValueError naming the file when it is no usable labels CSV: not
+    UTF-8 text, no ``path`` and ``label`` columns, or no rows (a header only would publish an
+    empty version). The build's preflight calls this before any work."""
     fs, path = filesystem(cfg.labels)
-    with fs.open(path, "rt", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        if not {"path", "label"} <= columns:
-            raise ValueError(
-                f"labels file {cfg.labels} needs a header with 'path' and 'label' (and optionally "
-                f"'split'); found {sorted(columns)}"
-            )
-        rows = list(reader)
+    try:
+        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark
+        with fs.open(path, "rt", encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or ())
+            if not {"path", "label"} <= columns:
+                raise ValueError(
+                    f"labels file {cfg.labels} needs a header with 'path' and 'label' (and "
+                    f"optionally 'split'); found {sorted(columns)}"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise ValueError(
+            f"labels file {cfg.labels} is not UTF-8 text (byte 0x{byte}); pass a CSV saved as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ValueError(f"labels file {cfg.labels} is not a readable CSV: {exc}") from None
+    if not rows:
+        raise ValueError(
+            f"labels file {cfg.labels} lists no files (a header only); add one line "
+            "path,label[,split] per photo"
+        )
+    return rows
+
+
+def _csv_entries(cfg: DslrConfig) -> list[dict[str, Any]]:
+    rows = read_labels(cfg)
     entries = []
     for row in rows:
         ref = (row["path"] or "").strip()
         label = (row["label"] or "").strip()
         split = (row.get("split") or "").strip() or cfg.split_of(ref)
         entry = {
-            "url": resolve(cfg.input, ref),
+            "url": None,
             "ref": ref,
             "split": split,
             "reason": None,
             "label_name": label,
             "size": None,  # unknown without a listing: such files are hashed
         }
-        if split not in SPLITS:
-            entry.update(
-                split=cfg.split_of(ref),
-                label_name=None,
-                reason=f"unknown split {split!r} in the labels file; use one of {SPLITS}",
-            )
-        elif not label:
-            entry.update(label_name=None, reason="no label in the labels file")
+        try:
+            entry["url"] = resolve(cfg.input, ref)
+        except RefusedPathError as exc:  # never opened: not even its size reaches the reason
+            entry.update(split=cfg.split_of(ref), label_name=None, reason=str(exc))
         else:
-            _add_box(entry, row)
+            _check_entry(entry, row, cfg)
         entries.append(entry)
     return entries
+
+
+def _check_entry(entry: dict[str, Any], row: dict[str, str | None], cfg: DslrConfig) -> None:
+    """The split, label and box of one labels-file entry, or its reject reason."""
+    split, ref = entry["split"], entry["ref"]
+    if split not in SPLITS:
+        entry.update(
+            split=cfg.split_of(ref),
+            label_name=None,
+            reason=f"unknown split {split!r} in the labels file; use one of {SPLITS}",
+        )
+    elif not entry["label_name"]:
+        entry.update(label_name=None, reason="no label in the labels file")
+    else:
+        _add_box(entry, row)
 
 
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
@@ -265,19 +303,39 @@ def _unreadable(exc: OSError) -> str:
 
 
 def mark_duplicates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Empty files and repeated content become rejects; the first copy (listing order) stays."""
+    """Empty files and repeated content become rejects; the first copy (listing order) stays.
+
+    Copies of one content under different labels are all rejected ("identical to <ref> with
+    another label"): which label is right is the user's call, and keeping one copy would train
+    or test on a label that may be wrong.
+    """
+    ordered = sorted(records, key=lambda r: r["_index"])
+    labels = _labels_by_content(ordered)
     first: dict[str, str] = {}
     out = []
-    for item in sorted(records, key=lambda r: r["_index"]):
+    for item in ordered:
         item = dict(item)
+        sha = item["sha256"]
         if item["reason"] is None and item["size"] == 0:
             item["reason"] = "empty file"
-        elif item["reason"] is None and item["sha256"] in first:
-            item["reason"] = f"duplicate of {first[item['sha256']]}"
-        elif item["reason"] is None and item["sha256"] is not None:
-            first[item["sha256"]] = item["ref"]
+        elif item["reason"] is None and sha is not None and len(labels[sha]) > 1:
+            other = next(ref for name, ref in labels[sha].items() if name != item["label_name"])
+            item["reason"] = f"identical to {other} with another label"
+        elif item["reason"] is None and sha in first:
+            item["reason"] = f"duplicate of {first[sha]}"
+        elif item["reason"] is None and sha is not None:
+            first[sha] = item["ref"]
         out.append(item)
     return out
+
+
+def _labels_by_content(ordered: list[dict[str, Any]]) -> dict[str, dict[str | None, str]]:
+    """Per content hash of the usable files, each label with the first file that carries it."""
+    labels: dict[str, dict[str | None, str]] = {}
+    for item in ordered:
+        if item["reason"] is None and item["size"] != 0 and item["sha256"] is not None:
+            labels.setdefault(item["sha256"], {}).setdefault(item["label_name"], item["ref"])
+    return labels
 
 
 def inputs_fingerprint(records: list[dict[str, Any]]) -> str:

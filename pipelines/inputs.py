@@ -105,12 +105,29 @@ def _is_local(fs: AbstractFileSystem) -> bool:
     return "file" in protocol or "local" in protocol
 
 
+class RefusedPathError(ValueError):
+    """A labels-file path that is never read (it could lead out of the input folder, or no file
+    can have that name); the message is the reject reason."""
+
+
 def resolve(root_url: str, path: str) -> str:
-    """A labels-file path: absolute paths and URLs as they are, others relative to the root."""
-    if "://" in path or path.startswith("/"):
-        return path
+    """A labels-file path, relative to the input root, as a URL under that root.
+
+    An absolute path, a URL (``file://``, ``s3://``, any scheme) or a path whose ``..`` climbs
+    above the root raises RefusedPathError: a labels file must not make the build read (or
+    stat: a size in a reject reason leaks too) a file the input does not hold. So does a path
+    holding a NUL byte, which no file name can (the OS calls refuse it with a ValueError).
+    """
+    if "\0" in path:
+        raise RefusedPathError("bad path in the labels file: a file name cannot hold a NUL byte")
+    normal = posixpath.normpath(path)  # "a/../b" → "b", "x/../../b" → "../b"
+    if "://" in path or path.startswith("/") or normal.split("/")[0] == "..":
+        raise RefusedPathError(
+            "path outside the input folder: the labels file's paths are relative to the input "
+            "(no absolute paths, URLs or '..' above it)"
+        )
     fs, root = filesystem(root_url)
-    return _url(fs.protocol, posixpath.join(root, path))
+    return _url(fs.protocol, posixpath.join(root, normal))
 
 
 def read_bytes(url: str) -> bytes:

@@ -15,6 +15,7 @@ S3-compatible server: ``AWS_ENDPOINT_URL``); they are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -23,6 +24,7 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +115,7 @@ def read_latest(root_url: str) -> dict[str, Any] | None:
     path = join(root, LATEST)
     if not fs.exists(path):
         return None
-    with fs.open(path, "rb") as f:
-        pointer = json.load(f)
+    pointer = _read_json(fs, path, f"{root_url.rstrip('/')}/{LATEST}")
     if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
         raise StorageError(f"{root_url.rstrip('/')}/{LATEST} is not a version pointer: {pointer!r}")
     return pointer
@@ -263,6 +264,34 @@ def write_json(fs: AbstractFileSystem, path: str, payload: dict[str, Any]) -> No
             f.write(data)
 
 
+def _read_json(fs: AbstractFileSystem, path: str, name: str) -> Any:
+    """A JSON file's content; a StorageError naming the file (`name`) when it is not JSON."""
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise StorageError(
+            f"{name} is not valid JSON ({exc}; {len(data)} bytes): the file is damaged; rebuild "
+            "the version (or, for latest.json, point it at a version again)"
+        ) from exc
+
+
+@contextlib.contextmanager
+def open_parquet(fs: AbstractFileSystem, path: str) -> Iterator[pq.ParquetFile]:
+    """One shard opened for reading. A file that is no Parquet file (truncated by an interrupted
+    copy, overwritten) raises a StorageError naming it, not pyarrow's nameless error."""
+    with fs.open(path, "rb") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(
+                f"shard {path} is not a readable Parquet file ({exc}): the version is damaged; "
+                "`python -m jobs.verify --dataset <version>` lists every damaged file"
+            ) from exc
+        yield parquet
+
+
 def write_parquet(
     fs: AbstractFileSystem, path: str, table: pa.Table, *, row_group_rows: int = 16
 ) -> int:
@@ -319,8 +348,12 @@ class DatasetVersion:
                 f"no published dataset version at {url} (no {MANIFEST}); "
                 "build one with `python -m jobs.build_dataset`"
             )
-        with fs.open(manifest_path, "rb") as f:
-            manifest = json.load(f)
+        manifest = _read_json(fs, manifest_path, f"{url.rstrip('/')}/{MANIFEST}")
+        if not isinstance(manifest, dict):
+            raise StorageError(
+                f"{url.rstrip('/')}/{MANIFEST} is not a manifest (a JSON object): "
+                f"{type(manifest).__name__}; rebuild the version"
+            )
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(
                 f"dataset {url} has schema version {manifest.get('schema_version')}; "
@@ -348,8 +381,7 @@ class DatasetVersion:
         """Read a whole split into memory, validating each file's schema (small data only)."""
         tables = []
         for path in self.files(split):
-            with self.fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
+            with open_parquet(self.fs, path) as parquet:
                 validate_schema(parquet.schema_arrow)
                 tables.append(parquet.read(columns=columns))
         if not tables:
@@ -367,8 +399,7 @@ class DatasetVersion:
         """The first ``n`` rows of a split (in file order), reading no more than needed."""
         tables, have = [], 0
         for path in self.files(split):
-            with self.fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
+            with open_parquet(self.fs, path) as parquet:
                 validate_schema(parquet.schema_arrow)
                 for batch in parquet.iter_batches(batch_size=max(n, 1), columns=columns):
                     tables.append(pa.Table.from_batches([batch]).slice(0, n - have))
@@ -383,6 +414,6 @@ class DatasetVersion:
         """The rejects table of this version (may be empty)."""
         tables = []
         for path in self.rejects_files():
-            with self.fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
+            with open_parquet(self.fs, path) as parquet:
+                tables.append(parquet.read())
         return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()

@@ -1,12 +1,17 @@
-"""Shared helpers for the benchmarks: header, timing, tables, JSON, photo-like test images."""
+"""Shared helpers for the benchmarks: header, timing, tables, JSON, photo-like test images, and
+the per-request inference measurement (latency and working-set memory from encoded tiles)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import io
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -138,3 +143,98 @@ def jpeg_bytes(array_HWC: np.ndarray, quality: int = 90) -> bytes:
     out = io.BytesIO()
     Image.fromarray(array_HWC).save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference from encoded tiles: one request at a time, each in a worker process of its own
+
+# A fixed mmap threshold returns every large freed block to the kernel at once (glibc's dynamic
+# threshold would keep them resident), so the resident set follows live memory.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def worker_json(cmd: Sequence[str], what: str) -> dict[str, Any]:
+    """Run a measuring worker process (``WORKER_ENV`` set) and return the JSON object it prints
+    last; a failure raises with the worker's stderr."""
+    done = subprocess.run(
+        list(cmd), capture_output=True, text=True, check=False, env={**os.environ, **WORKER_ENV}
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_kb() -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident set of this process, in kB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":")
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the kernel (glibc `malloc_trim`), so that the
+    resident set is live memory and memory reused by the next run counts again."""
+    # Not glibc (no malloc_trim): the resident set then includes free heap pages.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak_memory() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ≥ 4.0); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def infer_stored(model: Any, rows: Sequence[dict[str, Any]], threads: int) -> tuple[Any, list[int]]:
+    """One request from stored rows (``{"tiled": TiledImage, "proxy": encoded bytes}``) to the
+    model's prediction, through a fresh region reader; returns the prediction and the tiles
+    decoded per image (full resolution and level). The reader and its tile cache go with the
+    call, so two requests never hold two caches."""
+    import torch
+
+    from model.interface import Batch
+    from pipelines.region import TileRegionReader
+    from pipelines.tiling import decode_proxy
+
+    reader = TileRegionReader([r["tiled"] for r in rows], threads=threads)
+    proxies_BHWC = np.stack([decode_proxy(r["proxy"]) for r in rows])
+    proxy_BCHW = torch.from_numpy(proxies_BHWC).permute(0, 3, 1, 2).float() / 255
+    labels_B = torch.zeros(len(rows), dtype=torch.int64)
+    prediction = model.predict(Batch(proxy_BCHW=proxy_BCHW, labels_B=labels_B, reader=reader))
+    return prediction, reader.tiles_decoded_by_image
+
+
+def time_inference(
+    model: Any, rows: Sequence[dict[str, Any]], *, threads: int, repeats: int, max_seconds: float
+) -> dict[str, Any]:
+    """Median latency per image and the working set of requests of ``len(rows)`` images.
+
+    A warm-up request pays lazy initialisation and per-shape kernel caches (per process, not per
+    request); then free heap pages go back to the kernel and the peak-RSS mark is reset, so the
+    peak minus the resident set at that moment is what the timed requests needed. Requests repeat
+    until ``repeats`` ran or they took ``max_seconds`` (at least one).
+    """
+    infer_stored(model, rows, threads)
+    gc.collect()
+    release_free_memory()
+    exact_peak = reset_peak_memory()
+    before = memory_kb()
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < max_seconds:
+        start = time.perf_counter()
+        _, decoded = infer_stored(model, rows, threads)
+        times.append(time.perf_counter() - start)
+    after = memory_kb()
+    return {
+        "ms_per_image": 1000 * statistics.median(times) / len(rows),
+        "runs": len(times),
+        "peak_mb": (after["VmHWM"] - (before["VmRSS"] if exact_peak else 0)) / 1024,
+        "peak_is_working_set": exact_peak,
+        "tiles_decoded_per_image": sum(decoded) / len(rows),
+    }

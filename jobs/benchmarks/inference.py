@@ -21,14 +21,9 @@ Goal: the saccader ≥ 20× faster and ≥ 10× less peak memory than (b).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import pickle
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +31,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs.benchmarks._common import goal, header, photo_like, table, write_json
+from jobs.benchmarks._common import (
+    goal,
+    header,
+    photo_like,
+    table,
+    time_inference,
+    worker_json,
+    write_json,
+)
 
 IMAGES = {  # name: (height, width, channels, tile format)
     "2528×2528 grey": (2528, 2528, 1, "png"),
@@ -110,79 +113,24 @@ def make_images(name: str, count: int, seed: int) -> list[dict[str, Any]]:
 # worker: one configuration, in its own process
 
 
-def memory_kb() -> dict[str, int]:
-    """Current (VmRSS) and peak (VmHWM) resident set of this process, in kB."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            key, value = line.split(":")
-            fields[key] = int(value.split()[0])
-    return fields
-
-
-def release_free_memory() -> None:
-    """Hand the allocator's free pages back to the kernel (glibc `malloc_trim`), so that the
-    resident set is live memory and memory reused by the next run counts again."""
-    # Not glibc (no malloc_trim): the resident set then includes free heap pages.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def reset_peak_memory() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux ≥ 4.0); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def run_worker(data_file: str, image: str, model_label: str, batch: int, args: Any) -> dict:
-    import numpy as np
     import torch
 
-    from model.interface import Batch
     from model.registry import create_model
-    from pipelines.region import TileRegionReader
-    from pipelines.tiling import decode_proxy
 
     torch.set_num_threads(args.threads)
     rows = pickle.loads(Path(data_file).read_bytes())[:batch]
     channels = IMAGES[image][2]
     torch.manual_seed(0)
     model = create_model(MODELS[model_label], num_classes=10, in_channels=channels).eval()
-
-    def infer(rows: list[dict[str, Any]]) -> int:
-        """One request, from encoded tiles to the prediction; returns the tiles decoded."""
-        reader = TileRegionReader([r["tiled"] for r in rows], threads=args.threads)
-        proxies_BHWC = np.stack([decode_proxy(r["proxy"]) for r in rows])
-        proxy_BCHW = torch.from_numpy(proxies_BHWC).permute(0, 3, 1, 2).float() / 255
-        labels_B = torch.zeros(len(rows), dtype=torch.int64)
-        model.predict(Batch(proxy_BCHW=proxy_BCHW, labels_B=labels_B, reader=reader))
-        return reader.tiles_decoded  # the reader and its tile cache go with this call
-
-    # Warm-up on the whole batch: lazy initialisation and per-shape kernel caches are paid once
-    # per process, not per request, so they are not part of the working set.
-    infer(rows)
-    gc.collect()
-    release_free_memory()
-    exact_peak = reset_peak_memory()
-    before = memory_kb()
-    times: list[float] = []
-    while len(times) < args.repeats and sum(times) < args.max_seconds:
-        start = time.perf_counter()
-        tiles_decoded = infer(rows)
-        times.append(time.perf_counter() - start)
-    after = memory_kb()
+    timed = time_inference(
+        model, rows, threads=args.threads, repeats=args.repeats, max_seconds=args.max_seconds
+    )
     return {
         "image": image,
         "model": model_label,
         "batch": batch,
-        "ms_per_image": 1000 * statistics.median(times) / batch,
-        "runs": len(times),
-        "peak_mb": (after["VmHWM"] - (before["VmRSS"] if exact_peak else 0)) / 1024,
-        "peak_is_working_set": exact_peak,
-        "tiles_decoded_per_image": tiles_decoded / batch,
+        **timed,
         "tiles_per_image": len(rows[0]["tiled"].tiles),
     }
 
@@ -195,15 +143,7 @@ def run_config(data_file: str, image: str, model_label: str, batch: int, args: A
     cmd = [sys.executable, "-m", "jobs.benchmarks.inference", "--worker", data_file, image]
     cmd += [model_label, str(batch), "--repeats", str(args.repeats)]
     cmd += ["--max-seconds", str(args.max_seconds), "--threads", str(args.threads)]
-    # A fixed mmap threshold returns every large freed block to the kernel at once (glibc's
-    # dynamic threshold would keep them resident), so the resident set follows live memory.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"worker {image} / {model_label} / {batch} failed:\n{done.stderr[-3000:]}"
-        )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return worker_json(cmd, f"{image} / {model_label} / {batch}")
 
 
 def report(results: list[dict]) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ tagged with their figures and the dataset they were measured on.
 
 Concurrent promotions: the alias writes happen under a registry lock (`lock.py`), after checking
 that the champion is still the version this promotion evaluated against (compare-and-set). A
-promotion that evaluated against a champion that has since moved is refused, so the pair
-(champion, previous-champion) is always a promotion's (new, old).
+promotion that evaluated against a champion that has since moved is refused like a losing
+candidate (`jobs.promote` exits 1), so the pair (champion, previous-champion) is always a
+promotion's (new, old).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ HISTORY_LENGTH = 50  # MLflow tag values are limited to a few thousand character
 
 class PromotionError(ValueError):
     """The promotion cannot be decided or committed as asked (nothing was changed)."""
+
+
+class ChampionMovedError(PromotionError):
+    """Another promotion moved the champion while this one evaluated (it lost the race)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +132,7 @@ def commit(candidate: ModelRef, expected_champion: str | None, *, owner: str) ->
     with registry_lock(name, owner=owner):
         current = registry.alias_version(name, CHAMPION)
         if current != expected_champion:
-            raise PromotionError(
+            raise ChampionMovedError(
                 f"the champion of {name!r} moved from version {expected_champion} to {current} "
                 f"while this promotion evaluated; run it again to compare against {current}"
             )
@@ -314,8 +319,7 @@ def promote(request: PromotionRequest, *, owner: str) -> Outcome:
     if decision.promote:
         try:
             commit(candidate, champion_version, owner=owner)
-        except PromotionError as exc:
-            tag_decision(candidate_eval, Decision(False, [str(exc)]), {})
-            raise
+        except ChampionMovedError as exc:  # lost the race: refused, nothing changed
+            decision = Decision(False, [str(exc)])
     tag_decision(candidate_eval, decision, {"promotion.champion_before": champion_version or ""})
     return Outcome(candidate_eval, champion_eval, decision)

@@ -87,5 +87,12 @@ def check_object_store(url: str) -> None:
         ) from None
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "?")
-        what = "does not exist" if code in ("404", "NoSuchBucket") else f"refused ({code})"
-        raise ServiceError(f"object store {endpoint}: bucket {parsed.netloc!r} {what}") from None
+        what = {
+            "404": "does not exist",
+            "NoSuchBucket": "does not exist",
+            "403": "denies access (403): check the AWS credentials (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's policy",
+        }.get(code, f"refused ({code})")
+        raise ServiceError(
+            f"object store {endpoint}: bucket {parsed.netloc!r} {what}; needed for {url}"
+        ) from None

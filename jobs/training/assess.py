@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset
 from jobs.training.evaluation import EvalResult, PeakRss, evaluate_tables
 from jobs.training.tracking import ensure_experiment, tracking_uri
 from model.interface import BatchClassifier
 from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
-from pipelines.storage import DatasetVersion
+from pipelines.storage import DatasetVersion, open_parquet
 
 EVAL_EXPERIMENT = "saccade-evaluations"
 
@@ -59,10 +58,8 @@ def _tables(
     if not files:
         raise ValueError(f"dataset {version.url} has no {split!r} split")
     for path in files:
-        with version.fs.open(path, "rb") as f:
-            for record_batch in pq.ParquetFile(f).iter_batches(
-                batch_size=batch_size, columns=TRAIN_COLUMNS
-            ):
+        with open_parquet(version.fs, path) as parquet:
+            for record_batch in parquet.iter_batches(batch_size=batch_size, columns=TRAIN_COLUMNS):
                 table = pa.Table.from_batches([record_batch])
                 check = check_digests(table)
                 observed.add(os.path.basename(path), check.recomputed)

@@ -25,7 +25,7 @@ from model.interface import Batch
 from pipelines.integrity import RowCheck, check_digests
 from pipelines.region import CorruptImageError, TiledImage, TileRegionReader
 from pipelines.schema import IMAGE_SCHEMA, SchemaError, validate_schema
-from pipelines.storage import DatasetVersion
+from pipelines.storage import DatasetVersion, open_parquet
 from pipelines.tiling import decode_proxy
 
 # Everything the models read; `meta` (free-form JSON) stays on disk.
@@ -42,11 +42,9 @@ def open_dataset(url: str) -> DatasetVersion:
     files = version.files("train")
     if not files:
         raise SchemaError(f"dataset {url} has no training split; build one with train > 0")
-    import pyarrow.parquet as pq
-
-    with version.fs.open(files[0], "rb") as f:
+    with open_parquet(version.fs, files[0]) as parquet:
         try:
-            validate_schema(pq.ParquetFile(f).schema_arrow)
+            validate_schema(parquet.schema_arrow)
         except SchemaError as exc:
             raise SchemaError(f"dataset {url}: {exc}") from None
     return version

@@ -31,6 +31,7 @@ from model.step import LossModule, train_step
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+EPOCH_KEY = "train/epoch_seconds"  # a metric every epoch logs: which epochs the run has
 PROGRESS_STEPS = 100  # a progress line within long epochs, every this many steps (rank 0)
 
 
@@ -252,6 +253,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     final_sides = _box_sides(model)
     # Progress reaches the driver through the board, not stdout (see jobs/training/progress.py).
     poster = Poster(loop_config.get("progress"), enabled=rank == 0)
+    # Epochs a lost attempt logged after its last kept checkpoint (rank 0 logs an epoch before
+    # reporting its checkpoint, and Ray Train registers a reported one later still): retrained
+    # from the same checkpoint and seeds, they keep their first log, so each epoch is in the
+    # run's history once.
+    logged = tracker.logged_steps(EPOCH_KEY)
     for epoch in range(done + 1, cfg.epochs + 1):
         metrics = _train_epoch(
             module,
@@ -268,7 +274,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             result = _validate(model, data["num_classes"], device)
             metrics.update(result.metrics("val"))
             metrics["peak_memory_mb"] = peak_memory_mb(device)
-            tracker.metrics(metrics, step=epoch)
+            if epoch not in logged:
+                tracker.metrics(metrics, step=epoch)
             if epoch % cfg.picture_every == 0 or epoch == cfg.epochs:
                 _pictures(
                     model,

@@ -42,9 +42,12 @@ def board(handler: Callable[[Event], None], interval_s: float = 0.5) -> Iterator
     """A board actor whose events reach `handler` on the driver while the block runs (and the
     last ones after it); yields its handle for the workers. Ray must be initialised."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # num_cpus=0: it must never wait for a CPU the Ray Data read or the workers hold.
-    actor = ray.remote(num_cpus=0)(Board).remote()
+    # num_cpus=0: it must never wait for a CPU the Ray Data read or the workers hold. On the
+    # driver's node: elsewhere, losing that node would fail the run that Ray Train restarts.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, scheduling_strategy=here)(Board).remote()
     stop = threading.Event()
 
     def pump() -> None:

@@ -117,6 +117,12 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in sorted(values.items())]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which `key` is already logged in the run (none on a disabled tracker)."""
+        if self.client is None:
+            return set()
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if self.client is not None:
             self.client.log_artifact(self.run_id, local_path, artifact_path)

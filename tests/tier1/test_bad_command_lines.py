@@ -101,6 +101,10 @@ BAD_PATHS = [
     ("train", "--recipe tiny_cpu --dataset {old}", "schema version 2"),
     ("evaluate", "--model models:/m/1 --dataset {tmp}/v0009", "{tmp}/v0009"),
     ("evaluate", "--model models:/no-such/1 --dataset {ds}", "models:/no-such/1"),
+    ("predict", "--model models:/m/1 --dataset {ds} --out {tmp}", "--out {tmp} is a directory"),
+    ("predict", "--model models:/m/1 --dataset {ds} --out {file}/p/x.parquet", "{file} is a file"),
+    ("build_dataset", "--source dslr --out {tmp}/o --input {tmp} --labels {hdr}", "lists no files"),
+    ("build_dataset", "--source dslr --out {tmp}/o --input {tmp} --labels {bin}", "{bin} is not"),
     ("predict", "--model models:/no-such@champion --dataset {ds} --out {tmp}/p", "no-such"),
     ("predict", "--model no-such --dataset {ds} --out {tmp}/p", "no-such"),
     ("promote", "--model no-such --candidate 1 --dataset {ds}", "no-such"),
@@ -178,7 +182,7 @@ def test_the_catalogue_covers_every_job_and_class() -> None:
 @pytest.fixture(scope="module")
 def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A real published dataset (the build's own writer, no Ray), an old-schema one, a file, a
-    regeneration spec, and a scratch folder."""
+    regeneration spec, a header-only and a binary labels CSV, and a scratch folder."""
     from pipelines.build import _data_digests, write_shard
     from pipelines.digits import load_digits, split_digits
     from pipelines.schema import SCHEMA_VERSION
@@ -213,7 +217,11 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "spec.json").write_text(json.dumps(spec))
     (root / "bad.yaml").write_text("datasets: [\n  - name: x\n    source: {unclosed\n")
     (root / "scratch").mkdir()
+    (root / "header-only.csv").write_text("path,label,split\n")
+    (root / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     return {
+        "hdr": str(root / "header-only.csv"),
+        "bin": str(root / "binary.csv"),
         "ds": str(root / "cm" / "v0001"),
         "dsroot": str(root / "cm"),
         "old": str(root / "old" / "v0001"),

@@ -132,7 +132,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], l
     rgb = Image.fromarray(photo())
     good = encoded(rgb, "JPEG", quality=92)
     write(root, "train/30/good.jpg", good)
-    write(root, "train/50/copy-of-good.jpg", good)
+    write(root, "val/30/copy-of-good.jpg", good)
     write(root, "train/30/cmyk.jpg", encoded(rgb.convert("CMYK"), "JPEG", quality=95))
     write(root, "train/30/palette.png", encoded(rgb.quantize(64), "PNG"))
     write(root, "train/50/grey-alpha.png", encoded(rgb.convert("LA"), "PNG"))
@@ -169,7 +169,7 @@ BAD = {
     "train/30/notes.jpg": "not an image: ",
     "train/50/bomb.png": "over the pixel limit: 1200×1000 = 1200000 pixels > max_pixels=1000000",
     "train/50/broken.jpg": "unreadable: FileNotFoundError",
-    "train/50/copy-of-good.jpg": "duplicate of train/30/good.jpg",
+    "val/30/copy-of-good.jpg": "duplicate of train/30/good.jpg",
     "README.txt": "not in the <split>/<class>/<file> layout",
     "train/loose.jpg": "not in the <split>/<class>/<file> layout",
 }
@@ -277,7 +277,7 @@ def test_labels_csv_with_unreadable_and_bad_entries(tmp_path: Path) -> None:
         "b.png,dog,\n"  # no split: assigned by hash
         "folder.jpg,dog,train\n"
         "missing.jpg,cat,test\n"
-        "a.jpg,dog,val\n"  # the same file again, another label
+        "a.jpg,cat,val\n"  # the same file again
         "b.png,,train\n"
         "b.png,cat,holdout\n"
     )
@@ -294,6 +294,71 @@ def test_labels_csv_with_unreadable_and_bad_entries(tmp_path: Path) -> None:
     rows = staged.to_pylist()
     assert rows[1]["split"] == hash_split("b.png", val_fraction=0.1, test_fraction=0.1)
     assert (rows[0]["label"], rows[1]["label"]) == (0, 1)
+
+
+def test_identical_photos_with_conflicting_labels_are_all_rejected(tmp_path: Path) -> None:
+    data = encoded(Image.fromarray(photo()), "PNG")
+    for ref in ("cat/a.png", "cat/b.png", "dog/c.png"):
+        write(tmp_path, ref, data)
+    write(tmp_path, "dog/d.png", encoded(Image.fromarray(photo(seed=3)), "PNG"))
+    staged = by_ref(run_stages(DslrConfig(input=str(tmp_path)))[0])
+    assert staged["cat/a.png"][REJECT_REASON] == "identical to dog/c.png with another label"
+    assert staged["cat/b.png"][REJECT_REASON] == "identical to dog/c.png with another label"
+    assert staged["dog/c.png"][REJECT_REASON] == "identical to cat/a.png with another label"
+    assert staged["dog/d.png"][REJECT_REASON] is None
+
+
+@pytest.mark.parametrize(
+    "ref", ["../outside.png", "cats/../../outside.png", "{outside}", "file://{outside}"]
+)
+def test_labels_paths_outside_the_input_are_never_read(tmp_path: Path, ref: str) -> None:
+    images, outside = tmp_path / "images", tmp_path / "outside.png"
+    write(images, "a.png", encoded(Image.fromarray(photo()), "PNG"))
+    write(tmp_path, "outside.png", encoded(Image.fromarray(photo(seed=1)), "PNG"))
+    outside.chmod(0)  # a read would be an "unreadable: PermissionError" reject, not this one
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        f"path,label,split\na.png,cat,train\n{ref.format(outside=outside)},dog,train\n"
+    )
+    items, _ = list_photos(DslrConfig(input=str(images), labels=str(labels)))
+    assert items[1]["url"] is None and items[1]["label_name"] is None
+    staged, class_names, _ = run_stages(DslrConfig(input=str(images), labels=str(labels)))
+    rows = staged.to_pylist()
+    assert rows[1][REJECT_REASON].startswith("path outside the input folder")
+    assert not any(ch.isdigit() for ch in rows[1][REJECT_REASON])  # no size, no detail of it
+    assert rows[0][REJECT_REASON] is None and class_names == ["cat"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"path,label,split\n", "lists no files"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", r"is not UTF-8 text \(byte 0xff\)"),
+        (b"file,class\na.png,cat\n", "needs a header with 'path' and 'label'"),
+    ],
+)
+def test_an_unusable_labels_file_fails_the_preflight_naming_it(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    write(tmp_path / "images", "a.png", encoded(Image.fromarray(photo()), "PNG"))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(content)
+    config = BuildConfig(
+        source="dslr",
+        out=str(tmp_path / "out"),
+        params={"input": str(tmp_path / "images"), "labels": str(labels)},
+    )
+    with pytest.raises(ValueError, match=f"labels file {labels} {message}"):
+        preflight(config)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
+
+
+def test_a_labels_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    write(tmp_path / "images", "a.png", encoded(Image.fromarray(photo()), "PNG"))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("path,label\na.png,cat\n".encode("utf-8-sig"))
+    items, class_names = list_photos(DslrConfig(input=str(tmp_path / "images"), labels=str(labels)))
+    assert class_names == ["cat"] and items[0]["reason"] is None
 
 
 def test_class_folders_without_splits_are_hash_split(tmp_path: Path) -> None:

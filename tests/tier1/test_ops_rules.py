@@ -261,3 +261,29 @@ def test_jobs_name_an_unreachable_service_before_any_work(
     with pytest.raises(ServiceError, match=store):
         promote.main(["--model", "m", "--candidate", "1", "--dataset", "s3://datasets/cm/v0001"])
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started or written
+
+
+def test_every_job_names_an_unreachable_object_store_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One `error:` line naming the store and the URL, in seconds, not a traceback after retries."""
+    from jobs import build_dataset, evaluate, train, verify
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    store = r"object store http://127\.0\.0\.1:1 \(AWS_ENDPOINT_URL\) is unreachable"
+    dataset = "s3://datasets/cm/v0001"
+    for main, argv in (
+        (build_dataset.main, ["--source", "cluttered_mnist", "--out", "s3://datasets/cm"]),
+        (build_dataset.main, ["--source", "dslr", "--input", "s3://raw/x", "--out", str(tmp_path)]),
+        (train.main, ["--recipe", "tiny_cpu", "--dataset", dataset]),
+        (evaluate.main, ["--model", "models:/m/1", "--dataset", dataset]),
+        (verify.main, ["--dataset", dataset]),
+    ):
+        start = time.monotonic()
+        with pytest.raises(ServiceError, match=store + ".*s3://"):
+            main(argv)
+        assert time.monotonic() - start < 15
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.iterdir())

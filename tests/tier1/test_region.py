@@ -113,6 +113,19 @@ def test_cache_decodes_a_shared_tile_once_per_reader() -> None:
     assert reader.tiles_decoded == 3
 
 
+def test_tiles_decoded_are_counted_per_image_full_resolution_and_level() -> None:
+    small = TiledImage.from_array(_image(128, 128, 1), tile_size=64, tile_format="png")
+    large = TiledImage.from_array(_image(1024, 1024, 1, seed=1), tile_size=64, tile_format="png")
+    reader = TileRegionReader([small, large], threads=2)
+    # image 0: tiles 0 and 1; image 1: one tile. Then image 1's ×8 level (128 px: 4 tiles of 64)
+    # for a region of its first level tile only.
+    reader.read_regions_numpy(np.asarray([(0, 0, 10, 70), (600, 600, 610, 610)]))
+    assert reader.tiles_decoded_by_image == [2, 1]
+    reader.read_regions_numpy(np.asarray([(0, 0, 0, 0), (0, 0, 32, 32)]), level=8)
+    assert reader.tiles_decoded_by_image == [2, 2]
+    assert sum(reader.tiles_decoded_by_image) == reader.tiles_decoded == 4
+
+
 def test_torch_regions_are_float_chw_in_unit_range() -> None:
     image = _image(90, 70, 3, seed=4)
     tiled = TiledImage.from_array(image, tile_size=32, tile_format="raw")

@@ -21,6 +21,7 @@ from pipelines.storage import (
     StorageError,
     list_versions,
     next_version,
+    read_latest,
 )
 
 
@@ -162,3 +163,32 @@ def test_the_staging_of_a_killed_build_is_removed_by_the_next_build(tmp_path: Pa
     staging = Staging.create(str(tmp_path), "v0001")
     left = sorted(p.name for p in (tmp_path / "_staging").iterdir())
     assert left == sorted([live.name, Path(staging.path).name])
+
+
+@pytest.mark.parametrize("content", [b'{"schema_version": 3, "cou', b"\xff\xfe", b"[1, 2]"])
+def test_a_damaged_manifest_is_named(tmp_path: Path, content: bytes) -> None:
+    Staging.create(str(tmp_path), "v0001").publish({"schema_version": SCHEMA_VERSION})
+    (tmp_path / "v0001" / "manifest.json").write_bytes(content)
+    manifest = str(tmp_path / "v0001" / "manifest.json")
+    with pytest.raises(StorageError, match=f"{manifest} is not"):
+        DatasetVersion.open(str(tmp_path / "v0001"))
+
+
+def test_a_damaged_latest_pointer_is_named(tmp_path: Path) -> None:
+    (tmp_path / "latest.json").write_text('{"version": ')
+    with pytest.raises(StorageError, match=f"{tmp_path}/latest.json is not valid JSON"):
+        read_latest(str(tmp_path))
+
+
+def test_a_truncated_shard_is_named(tmp_path: Path) -> None:
+    from jobs.training.data import open_dataset
+
+    staging = Staging.create(str(tmp_path), "v0001")
+    _stage_rows(staging, 3)
+    staging.publish({"schema_version": SCHEMA_VERSION})
+    version = DatasetVersion.open(str(tmp_path / "v0001"))
+    shard = Path(version.files("train")[0])
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # an interrupted copy
+    for read in (lambda: version.read("train"), lambda: open_dataset(version.url)):
+        with pytest.raises(StorageError, match=f"shard {shard} is not a readable Parquet file"):
+            read()

@@ -119,3 +119,24 @@ def test_predict_images_reports_a_fifo_and_an_undecodable_name(
     assert rows[UNDECODABLE_REF]["path"] is None
     predicted = [r for r in rows.values() if r["error"] is None]
     assert len(predicted) == 6 and {r["label"] for r in predicted} == {5}
+
+
+def test_a_build_whose_every_input_is_rejected_publishes_nothing(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """Not an empty version that would become `latest`: an error naming the reject reasons."""
+    from pipelines.build import BuildConfig, EmptyBuildError, build_dataset
+    from pipelines.storage import list_versions, read_latest
+
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "notes.jpg").write_text("not a photo")
+    (photos / "cats" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    config = BuildConfig(source="dslr", out=str(out), params={"input": str(photos)}, tile_size=64)
+    with pytest.raises(EmptyBuildError, match=r"no rows: all 2 input\(s\) were rejected") as error:
+        build_dataset(config, progress=lambda _: None)
+    assert "1 × empty file" in str(error.value) and "1 × not an image" in str(error.value)
+    assert list_versions(str(out)) == [] and read_latest(str(out)) is None
+    assert sorted(p.name for p in out.iterdir()) == ["_staging"]
+    assert not any((out / "_staging").iterdir())

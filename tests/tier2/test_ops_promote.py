@@ -11,7 +11,7 @@ import pytest
 from ops_support import derived_dataset, label_counts, register_constant_model
 
 from jobs import predict, promote
-from jobs.ops import registry
+from jobs.ops import promotion, registry
 from jobs.ops.lock import LockTimeoutError, lock_name, registry_lock
 from jobs.ops.promotion import HISTORY_TAG, PromotionError, commit, history
 from jobs.ops.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRef
@@ -125,6 +125,39 @@ def test_concurrent_promotions_leave_a_consistent_pair(mlflow_uri: str) -> None:
 
     with pytest.raises(MlflowException):  # every lock was released
         registry.client().get_registered_model(lock_name("race"))
+
+
+def test_a_promotion_that_loses_the_race_is_refused_with_exit_1(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, mine, theirs = _bare_versions("raced", 3)
+    commit(ModelRef("raced", old), None, owner="setup")
+
+    def another_promotion_wins_meanwhile(
+        request: object, candidate: ModelRef, champion: ModelRef
+    ) -> tuple:
+        commit(ModelRef("raced", theirs), old, owner="the other promotion")
+        return _evaluation(candidate, 0.9), _evaluation(champion, 0.1)
+
+    monkeypatch.setattr(promotion, "_evaluations", another_promotion_wins_meanwhile)
+    assert promote.main(["--model", "raced", "--candidate", mine, "--dataset", "held"]) == 1
+    assert f"refused: the champion of 'raced' moved from version {old} to {theirs}" in (
+        capsys.readouterr().out
+    )
+    assert _aliases("raced") == {CHAMPION: theirs, PREVIOUS_CHAMPION: old}
+    assert _tags("raced", mine)["promotion.decision"] == "refused"
+
+
+def _evaluation(model: ModelRef, accuracy: float) -> promotion.Evaluation:
+    return promotion.Evaluation(
+        model=model,
+        dataset="held",
+        dataset_sha256="0" * 64,
+        split="test",
+        accuracy=accuracy,
+        latency_ms=1.0,
+        run_id="-",
+    )
 
 
 def test_lock_waits_for_its_holder_and_breaks_an_expired_one(mlflow_uri: str) -> None:

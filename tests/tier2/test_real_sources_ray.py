@@ -52,7 +52,7 @@ def test_dslr_from_a_bucket(ray_cluster: str, s3_endpoint: str, tmp_path: Path) 
         "train/cat/b.jpg": _jpeg(1),
         "train/dog/c.jpg": _jpeg(2),
         "test/dog/d.jpg": _jpeg(3),
-        "train/dog/copy-of-a.jpg": _jpeg(0),  # after a.jpg in listing order: the copy
+        "val/cat/copy-of-a.jpg": _jpeg(0),  # after a.jpg in listing order: the copy
         "train/dog/broken.jpg": b"\xff\xd8\xff\xe0 not really",
     }
     for ref, data in files.items():
@@ -78,7 +78,7 @@ def test_dslr_from_a_bucket(ray_cluster: str, s3_endpoint: str, tmp_path: Path) 
         assert (row["height"], row["width"], row["channels"]) == (240, 320, 3)
         assert row["tile_format"] == "jpeg" and row["boxes"] == []
     rejects = {r["ref"]: r["reason"] for r in version.read_rejects().to_pylist()}
-    assert rejects["train/dog/copy-of-a.jpg"] == "duplicate of train/cat/a.jpg"
+    assert rejects["val/cat/copy-of-a.jpg"] == "duplicate of train/cat/a.jpg"
     assert rejects["train/dog/broken.jpg"].startswith(("corrupt", "truncated"))
 
 

@@ -1,0 +1,277 @@
+"""What a trade-off row is and how its inference figures are measured, for every caller (the
+trade-off benchmark, the quickstart): from a registered model and a dataset version.
+
+- ``measure_model``: latency and working-set memory of requests of 1 and 16 test images from
+  encoded tiles, exactly as ``jobs.benchmark inference`` measures them (``_common.time_inference``:
+  rows held encoded in memory, a fresh region reader per request), each batch size in a fresh
+  worker process (``python -m jobs.benchmarks._tradeoff --worker ...``); then, over the whole test
+  split, the looked fraction (area of the union of the glimpse boxes / image area, mean over
+  images; null for models without glimpses) and the tiles decoded fraction (full-resolution and
+  level tiles decoded / the image's tiles, mean over images).
+- ``tradeoff_row``, ``tradeoff_json``, ``format_table``: one row's fields (``ROW_FIELDS``), the
+  JSON object (``dataset``, ``source``, ``image_size``, ``date``, ``machine``, ..., ``rows``) and
+  the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from jobs.benchmarks._common import infer_stored, machine, table, time_inference, worker_json
+
+BATCHES = (1, 16)
+STORED_COLUMNS = [
+    "height",
+    "width",
+    "channels",
+    "tile_size",
+    "tile_format",
+    "tiles",
+    "level_factor",
+    "level_tiles",
+    "proxy",
+]
+# What each model class is in the table (model.config's classes by name).
+KINDS = {
+    "SaccaderConfig": "saccader",
+    "ResizeConfig": "resize-224",
+    "PatchesConfig": "every pixel",
+    "ProxyOnlyConfig": "proxy-only",
+}
+ROW_FIELDS = (
+    "model",
+    "recipe",
+    "seed",
+    "accuracy",
+    "hit_rate",
+    "centred_hit_rate",
+    "ms_per_image_b1",
+    "ms_per_image_b16",
+    "peak_mb_b1",
+    "peak_mb_b16",
+    "looked_fraction",
+    "tiles_decoded_fraction",
+    "train_seconds",
+    "train_samples_per_s",
+    "epochs",
+    "train_images",
+    "model_uri",
+    "run_id",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring a trained model (worker processes)
+
+
+def stored_batches(dataset: str, batch: int) -> Iterator[list[dict[str, Any]]]:
+    """The test split as stored rows (``{"tiled", "proxy"}``: encoded tiles, encoded proxy), in
+    lists of `batch` (the last one may be shorter)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.region import TiledImage
+    from pipelines.storage import DatasetVersion
+
+    version = DatasetVersion.open(dataset)
+    rows: list[dict[str, Any]] = []
+    for path in version.files("test"):
+        with version.fs.open(path, "rb") as f:
+            for records in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=STORED_COLUMNS):
+                for row in records.to_pylist():
+                    rows.append({"tiled": TiledImage.from_row(row), "proxy": row["proxy"]})
+                    if len(rows) == batch:
+                        yield rows
+                        rows = []
+    if rows:
+        yield rows
+
+
+def union_area(boxes_T4: Sequence[Sequence[float]]) -> float:
+    """Area of the union of boxes (y0, x0, y1, x1) in image fractions, clipped to the image."""
+    clipped = [[min(max(v, 0.0), 1.0) for v in box] for box in boxes_T4]
+    ys = sorted({b[0] for b in clipped} | {b[2] for b in clipped})
+    xs = sorted({b[1] for b in clipped} | {b[3] for b in clipped})
+    area = 0.0
+    # Exact on the grid of box edges: a cell is inside the union or outside it whole.
+    for y0, y1 in itertools.pairwise(ys):
+        for x0, x1 in itertools.pairwise(xs):
+            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+            if any(b[0] <= cy < b[2] and b[1] <= cx < b[3] for b in clipped):
+                area += (y1 - y0) * (x1 - x0)
+    return area
+
+
+def _load_model(model_uri: str, threads: int) -> Any:
+    import torch
+
+    from jobs.training.assess import load_classifier
+
+    torch.set_num_threads(threads)
+    model, _ = load_classifier(model_uri)
+    return model.eval()
+
+
+def time_worker(model_uri: str, dataset: str, batch: int, args: argparse.Namespace) -> dict:
+    """Requests of `batch` test images, as the inference benchmark times them."""
+    model = _load_model(model_uri, args.threads)
+    rows = next(stored_batches(dataset, batch))
+    if len(rows) < batch:
+        raise ValueError(f"the test split of {dataset} has {len(rows)} images; batch {batch}")
+    return time_inference(
+        model, rows, threads=args.threads, repeats=args.repeats, max_seconds=args.max_seconds
+    )
+
+
+def coverage_worker(model_uri: str, dataset: str, args: argparse.Namespace) -> dict:
+    """Over the whole test split: looked fraction (glimpse models) and tiles decoded fraction."""
+    model = _load_model(model_uri, args.threads)
+    looked, decoded = [], []
+    for rows in stored_batches(dataset, max(BATCHES)):
+        prediction, decoded_by_image = infer_stored(model, rows, args.threads)
+        for b, row in enumerate(rows):
+            tiled = row["tiled"]
+            decoded.append(decoded_by_image[b] / (len(tiled.tiles) + len(tiled.level_tiles)))
+            if prediction.boxes_BT4 is not None:
+                looked.append(union_area(prediction.boxes_BT4[b].tolist()))
+    return {
+        "looked_fraction": sum(looked) / len(looked) if looked else None,
+        "tiles_decoded_fraction": sum(decoded) / len(decoded),
+        "test_images": len(decoded),
+    }
+
+
+def measure_model(model_uri: str, dataset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency and memory at each batch size and the coverage figures, each in a fresh worker."""
+    base = [sys.executable, "-m", "jobs.benchmarks._tradeoff", "--worker"]
+    settings = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+    settings += ["--max-seconds", str(args.max_seconds)]
+    out: dict[str, Any] = {}
+    for batch in BATCHES:
+        cmd = [*base, "time", model_uri, dataset, str(batch), *settings]
+        timed = worker_json(cmd, f"{model_uri} batch {batch}")
+        out[f"ms_per_image_b{batch}"] = timed["ms_per_image"]
+        out[f"peak_mb_b{batch}"] = timed["peak_mb"]
+        out[f"timed_runs_b{batch}"] = timed["runs"]
+    cmd = [*base, "coverage", model_uri, dataset, "0", *settings]
+    out.update(worker_json(cmd, f"{model_uri} coverage"))
+    return out
+
+
+def run_worker(argv: Sequence[str]) -> int:
+    """``--worker time|coverage MODEL_URI DATASET BATCH [settings]``: print one JSON line."""
+    p = argparse.ArgumentParser(prog="tradeoff worker")
+    p.add_argument("what", choices=["time", "coverage"])
+    p.add_argument("model_uri")
+    p.add_argument("dataset")
+    p.add_argument("batch", type=int)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=30.0)
+    a = p.parse_args(argv)
+    if a.what == "time":
+        result = time_worker(a.model_uri, a.dataset, a.batch, a)
+    else:
+        result = coverage_worker(a.model_uri, a.dataset, a)
+    print(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# rows and the JSON layout (shared with the quickstart)
+
+
+def tradeoff_row(
+    *,
+    model: str,
+    recipe: str,
+    seed: int,
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    measured: Mapping[str, Any],
+    train_images: int,
+) -> dict[str, Any]:
+    """One model's row: exactly ``ROW_FIELDS`` (hit-rates null for models without glimpses)."""
+    seconds = float(training["train_seconds"])
+    epochs = int(training["epochs"])
+    row = {
+        "model": model,
+        "recipe": recipe,
+        "seed": int(seed),
+        "accuracy": float(evaluation["accuracy"]),
+        "hit_rate": _float_or_none(evaluation.get("hit_rate")),
+        "centred_hit_rate": _float_or_none(evaluation.get("centred_hit_rate")),
+        **{f"ms_per_image_b{b}": float(measured[f"ms_per_image_b{b}"]) for b in BATCHES},
+        **{f"peak_mb_b{b}": float(measured[f"peak_mb_b{b}"]) for b in BATCHES},
+        "looked_fraction": _float_or_none(measured.get("looked_fraction")),
+        "tiles_decoded_fraction": float(measured["tiles_decoded_fraction"]),
+        "train_seconds": seconds,
+        "train_samples_per_s": epochs * train_images / seconds if seconds > 0 else 0.0,
+        "epochs": epochs,
+        "train_images": int(train_images),
+        "model_uri": str(training["model_uri"]),
+        "run_id": str(training["run_id"]),
+    }
+    assert tuple(row) == ROW_FIELDS
+    return row
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def tradeoff_json(
+    *, dataset: str, rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The benchmark's JSON object: top-level ``dataset``, ``source``, ``image_size`` (of the
+    first test image), ``date``, ``machine``, anything in `extra`, and the ``rows``."""
+    from jobs.training.data import open_dataset
+    from jobs.training.tracking import git_commit
+
+    version = open_dataset(dataset)
+    first = version.read_head("test", 1, columns=["height", "width", "channels"]).to_pylist()[0]
+    return {
+        "dataset": dataset,
+        "source": version.manifest.get("source"),
+        "image_size": {k: int(first[k]) for k in ("height", "width", "channels")},
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "git_commit": git_commit(),
+        **(extra or {}),
+        "rows": [dict(r) for r in rows],
+    }
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    headers = [
+        "model",
+        "recipe",
+        "seed",
+        "test acc",
+        "hit-rate",
+        "centred",
+        "ms/img b1",
+        "ms/img b16",
+        "MB b1",
+        "MB b16",
+        "looked",
+        "tiles decoded",
+        "train s",
+        "img/s",
+        "epochs",
+    ]
+    keys = ["model", "recipe", "seed", "accuracy", "hit_rate", "centred_hit_rate"]
+    keys += ["ms_per_image_b1", "ms_per_image_b16", "peak_mb_b1", "peak_mb_b16"]
+    keys += ["looked_fraction", "tiles_decoded_fraction", "train_seconds", "train_samples_per_s"]
+    keys += ["epochs"]
+    return table(headers, [["-" if r[k] is None else r[k] for k in keys] for r in rows])
+
+
+if __name__ == "__main__":  # the workers
+    sys.exit(run_worker(sys.argv[2:]) if sys.argv[1:2] == ["--worker"] else 2)
