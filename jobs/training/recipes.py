@@ -73,6 +73,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if not self.registered_model.strip():
             raise ValueError("registered_model must be a non-empty name")
+        self._check_locator_signal()
+
+    def _check_locator_signal(self) -> None:
+        """The heat-map cell is a discrete draw: without the score-function term (or the
+        straight-through gradient) nothing teaches it where to look, and it would only follow
+        the KL to its prior (MODEL.md; BENCHMARKS.md "Localization", run B)."""
+        cfg = self.model_cfg
+        unguided = self.score_weight == 0 and not cfg.get("straight_through")
+        if cfg.get("locator") == "heatmap" and unguided:
+            raise ValueError(
+                "model_cfg.locator=heatmap learns where to look only from the score-function "
+                "term: set score_weight > 0 (the CPU recipes use 1.0) or "
+                "model_cfg.straight_through=true"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

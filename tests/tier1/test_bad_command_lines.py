@@ -71,6 +71,7 @@ BAD_NUMBERS = [
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.encoder_blocks=1,0", "(1, 0)"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.max_image_fraction=nan", "nan"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.min_image_fraction=0.9", "0.9"),
+    ("train", "--recipe cluttered_cpu --dataset {ds} --set score_weight=0", "score_weight > 0"),
     ("evaluate", "--model models:/m/1 --dataset {ds} --batch-size 0", "got 0"),
     ("evaluate", "--model models:/m/1 --dataset {ds} --batch-size x", "'x'"),
     ("predict", "--model models:/m/1 --dataset {ds} --out {tmp}/p --batch-size 0", "got 0"),
