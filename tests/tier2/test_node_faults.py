@@ -120,7 +120,9 @@ class Job:
         return code
 
     def tail(self) -> str:
-        return self.output()[-4000:]
+        # Without the raylets' state dumps, which Ray prints when a raylet dies.
+        lines = [line for line in self.output().splitlines() if "[state-dump]" not in line]
+        return "\n".join(lines)[-4000:]
 
 
 def _wait_for(job: Job, sign: Callable[[], Any], what: str) -> Any:
