@@ -157,19 +157,27 @@ class HeatmapLocator(nn.Module):
         brightness_BG: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior and prior log-probabilities over cells (B×G each); cells whose centre lies
-        in an earlier box (`visited_B4s`, normalised boxes) are masked out of the posterior."""
+        in an earlier box (`visited_B4s`, normalised boxes) are masked out of both."""
         scores_BG = torch.einsum("bgl,bl->bg", keys_BGL, self.query(h_BL)) / math.sqrt(
             keys_BGL.shape[2]
         )
+        prior_BG = self.prior(h_BL)
         if self.saliency is not None and brightness_BG is not None:
+            # In the prior too: the KL then penalises only what q learnt beyond brightness.
+            # Without it the KL pulls q towards a flat prior over thousands of cells, training
+            # glimpses turn random and the glimpse classifier stops learning (measured).
             scores_BG = scores_BG + self.saliency * brightness_BG
+            prior_BG = prior_BG + self.saliency * brightness_BG
         cx_G, cy_G = ((self.centres_G2[:, i] + 1) / 2 for i in range(2))
         for boxes_B4 in visited_B4s:
             y0, x0, y1, x1 = (boxes_B4[:, i : i + 1].detach() for i in range(4))
             inside_BG = (y0 <= cy_G) & (cy_G < y1) & (x0 <= cx_G) & (cx_G < x1)
             all_masked_B1 = inside_BG.all(dim=1, keepdim=True)
-            scores_BG = scores_BG.masked_fill(inside_BG & ~all_masked_B1, -1e4)
-        return F.log_softmax(scores_BG, dim=1), F.log_softmax(self.prior(h_BL), dim=1)
+            # the prior knows the rule too: the KL then measures choices, not the mask
+            masked_BG = inside_BG & ~all_masked_B1
+            scores_BG = scores_BG.masked_fill(masked_BG, -1e4)
+            prior_BG = prior_BG.masked_fill(masked_BG, -1e4)
+        return F.log_softmax(scores_BG, dim=1), F.log_softmax(prior_BG, dim=1)
 
     def choose(
         self,
