@@ -24,19 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobs.benchmarks._common import infer_stored, machine, table, time_inference, worker_json
+from jobs.training.packaging import INPUT_COLUMNS
 
 BATCHES = (1, 16)
-STORED_COLUMNS = [
-    "height",
-    "width",
-    "channels",
-    "tile_size",
-    "tile_format",
-    "tiles",
-    "level_factor",
-    "level_tiles",
-    "proxy",
-]
+# What a request carries, less the proxy's size (the proxy is decoded whole)
+STORED_COLUMNS = [c for c in INPUT_COLUMNS if c not in ("proxy_height", "proxy_width")]
 # What each model class is in the table (model.config's classes by name).
 KINDS = {
     "SaccaderConfig": "saccader",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from jobs.benchmarks._common import goal, header, table, write_json
-from jobs.training.recipes import SMALL_RESNET
+from jobs.training.recipes import SMALL_RESNET, SMALL_SACCADER
 from model.interface import Batch
 from model.loss import ObjectiveConfig
 from model.registry import create_model
@@ -152,12 +152,9 @@ def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
 
 
 def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
-    """The saccader's settings (what jobs/training/recipes.py's cluttered_cpu family mirrors)."""
+    """The saccader's settings (jobs/training/recipes.py's CPU recipes use the same network)."""
     return {
-        "latent": 64,
-        "window": 32,
-        "encoder_width": 16,
-        "encoder_blocks": (1, 1, 1),
+        **SMALL_SACCADER,
         "proxy_size": args.proxy,
         "glimpses": args.glimpses,
         "min_image_fraction": args.min_fraction,
@@ -173,9 +170,9 @@ def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
 def _model_settings(pairs: Sequence[str]) -> dict[str, Any]:
     """``--model-set`` pairs parsed by the SaccaderConfig field types (as the train job's)."""
     from jobs.common import parse_key_values
-    from jobs.training.recipes import _model_setting_types, parse_setting
+    from jobs.training.recipes import model_setting_types, parse_setting
 
-    types = _model_setting_types("saccader")
+    types = model_setting_types("saccader")
     settings = {}
     for key, raw in parse_key_values(list(pairs), flag="--model-set").items():
         if key not in types:

@@ -96,6 +96,10 @@ class TrainConfig:
         return cls(**values)
 
 
+# The CPU recipes' saccader: what `python -m jobs.benchmark localize` measured (its saccader_cfg)
+SMALL_SACCADER = {"latent": 64, "window": 32, "encoder_width": 16, "encoder_blocks": (1, 1, 1)}
+
+
 def tiny_cpu(dataset: str) -> TrainConfig:
     """Seconds on a laptop CPU: the tests' recipe (a shrunk saccader, 2 epochs)."""
     return TrainConfig(
@@ -125,10 +129,7 @@ def cluttered_cpu(dataset: str) -> TrainConfig:
         dataset=dataset,
         model="saccader",
         model_cfg={
-            "latent": 64,
-            "window": 32,
-            "encoder_width": 16,
-            "encoder_blocks": (1, 1, 1),
+            **SMALL_SACCADER,
             "proxy_size": 40,
             "glimpses": 3,
             "min_image_fraction": 0.25,
@@ -211,10 +212,7 @@ def detail_cpu(dataset: str) -> TrainConfig:
         dataset=dataset,
         model="saccader",
         model_cfg={
-            "latent": 64,
-            "window": 32,
-            "encoder_width": 16,
-            "encoder_blocks": (1, 1, 1),
+            **SMALL_SACCADER,
             "proxy_size": 100,
             "glimpses": 2,
             "min_image_fraction": 0.045,
@@ -313,7 +311,7 @@ def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainC
         values[key] = parse_setting(key, raw, types[key])
     if model_keys:
         # after the plain settings: `--set model=...` decides which config the keys belong to
-        model_types = _model_setting_types(values["model"])
+        model_types = model_setting_types(values["model"])
         for key, raw in model_keys.items():
             field_name = key.removeprefix("model_cfg.")
             if field_name not in model_types:
@@ -325,7 +323,8 @@ def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainC
     return TrainConfig.from_dict(values)
 
 
-def _model_setting_types(model: str) -> dict[str, Any]:
+def model_setting_types(model: str) -> dict[str, Any]:
+    """The annotated type of each setting of `model`'s config dataclass (for `parse_setting`)."""
     from model.registry import config_type
 
     return typing.get_type_hints(config_type(model))
