@@ -64,9 +64,10 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-def _wait_for_job_agent(address: str, timeout_s: float = 90.0) -> None:
+def _wait_for_job_agent(address: str, timeout_s: float = 240.0) -> None:
     """The job server accepts submissions only once the head's agent has registered; until then
-    it answers "No available agent to submit job". Submit a no-op job until one runs."""
+    it answers "No available agent to submit job" (minutes on a loaded 2-core machine). Submit a
+    no-op job until one runs."""
     import time
 
     from ray.job_submission import JobStatus, JobSubmissionClient
