@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -12,6 +11,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import dslr_support
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -26,7 +26,6 @@ from pipelines.dslr import (
     hash_files,
     list_photos,
     mark_duplicates,
-    tile_files,
 )
 from pipelines.inputs import hash_split
 from pipelines.staging import STAGING_SCHEMA
@@ -103,18 +102,8 @@ def write(root: Path, ref: str, data: bytes) -> Path:
 
 
 def run_stages(cfg: DslrConfig, tile_format: str = "jpeg") -> tuple[pa.Table, list[str], int]:
-    """The DSLR pipeline without Ray: listing → hash → duplicates → tiles."""
-    items, class_names = list_photos(cfg)
-    to_hash, rest = hash_candidates(items)
-    hashed = hash_files(pa.Table.from_pylist(to_hash, schema=INPUT_SCHEMA)).to_pylist()
-    records = mark_duplicates(rest + hashed)
-    staged = tile_files(
-        pa.Table.from_pylist(records, schema=INPUT_SCHEMA),
-        params=dataclasses.asdict(cfg),
-        tile_size=64,
-        tile_format=tile_format,
-    )
-    return staged, class_names, len(items)
+    """The DSLR pipeline without Ray, in 64-px tiles."""
+    return dslr_support.run_stages(cfg, tile_format=tile_format)
 
 
 def by_ref(staged: pa.Table) -> dict[str, dict]:

@@ -4,26 +4,19 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from cli_support import assert_clear_failure, run_job
+from dslr_support import run_stages
 from PIL import Image
 
 from pipelines.dslr import (
-    INPUT_SCHEMA,
     DslrConfig,
-    hash_candidates,
-    hash_files,
     inputs_fingerprint,
-    list_photos,
-    mark_duplicates,
-    tile_files,
 )
 from pipelines.export import LABELS_HEADER, ExportConfig, export_image, write_labels
 from pipelines.sources import get_source, make_config
@@ -48,17 +41,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportConfig, li
 
 
 def _stages(cfg: DslrConfig) -> tuple[list[dict], list[str]]:
-    """The dslr pipeline without Ray: listing → hash → duplicates → tiles."""
-    items, class_names = list_photos(cfg)
-    to_hash, rest = hash_candidates(items)
-    hashed = hash_files(pa.Table.from_pylist(to_hash, schema=INPUT_SCHEMA)).to_pylist()
-    records = mark_duplicates(rest + hashed)
-    staged = tile_files(
-        pa.Table.from_pylist(records, schema=INPUT_SCHEMA),
-        params=dataclasses.asdict(cfg),
-        tile_size=64,
-        tile_format="jpeg",
-    )
+    """The dslr pipeline without Ray, in 64-px jpeg tiles."""
+    staged, class_names, _ = run_stages(cfg)
     return staged.to_pylist(), class_names
 
 

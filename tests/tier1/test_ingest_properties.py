@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -20,18 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from dslr_support import run_stages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines.dslr import (
-    INPUT_SCHEMA,
     DslrConfig,
-    hash_candidates,
-    hash_files,
-    list_photos,
-    mark_duplicates,
-    tile_files,
 )
 from pipelines.inputs import printable
 from pipelines.tiling import REJECT_REASON, REJECT_REF
@@ -120,19 +114,10 @@ def watchdog(seconds: int) -> Iterator[None]:
 
 
 def ingest(cfg: DslrConfig) -> tuple[pa.Table, int]:
-    """The DSLR stages without Ray, as `pipelines.build._dslr` composes them."""
+    """The DSLR stages without Ray, in 16-px png tiles, under the hang watchdog."""
     with watchdog(HANG_S):
-        items, _ = list_photos(cfg)
-        to_hash, rest = hash_candidates(items)
-        hashed = hash_files(pa.Table.from_pylist(to_hash, schema=INPUT_SCHEMA)).to_pylist()
-        records = mark_duplicates(rest + hashed)
-        staged = tile_files(
-            pa.Table.from_pylist(records, schema=INPUT_SCHEMA),
-            params=dataclasses.asdict(cfg),
-            tile_size=16,
-            tile_format="png",
-        )
-    return staged, len(items)
+        staged, _, listed = run_stages(cfg, tile_size=16, tile_format="png")
+    return staged, listed
 
 
 def assert_row_or_reject(staged: pa.Table, refs: set[str]) -> None:
