@@ -112,7 +112,7 @@ def test_the_brightness_prior_is_in_both_posterior_and_prior(saliency: float) ->
     h_BL = torch.randn(3, keys_BGL.shape[2])
     plain_q, plain_p = heatmap.logits(keys_BGL, h_BL, [])
     bright_q, bright_p = heatmap.logits(keys_BGL, h_BL, [], brightness_BG)
-    gain = float(heatmap.saliency) if heatmap.saliency is not None else 0.0
+    gain = float(heatmap.saliency.detach()) if heatmap.saliency is not None else 0.0
     for plain, bright in ((plain_q, bright_q), (plain_p, bright_p)):
         # the same additive term in both: log-probabilities shift by gain × brightness (+ a
         # per-image normaliser)
