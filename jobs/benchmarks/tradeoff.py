@@ -1,7 +1,7 @@
 """Trade-off benchmark (issue 11): accuracy against inference cost, from the same trained models.
 
     python -m jobs.benchmark tradeoff --dataset ROOT/vNNNN --recipes R1,R2,... [--seeds 0,1]
-        [--set KEY=VALUE ...] [--state DIR] [--json FILE]
+        [--set KEY=VALUE ...] [--state DIR] [--tag TAG] [--json FILE]
 
 One row per model: each recipe once, and a saccader recipe once per seed (baselines take the
 first seed). For each model, three phases, each in processes of its own so that memory and Ray
@@ -18,12 +18,13 @@ state are the model's alone:
    union of the glimpse boxes / image area; saccader only) and the tiles decoded per image
    (full resolution and level) / the image's tiles.
 
-Resumable per model and per phase: each finished phase is written to ``--state DIR`` at once,
-and a rerun skips it; a training interrupted midway resumes from its last checkpoint (the train
-job resumes by run name), and a finished training found in MLflow is never repeated. The run
-name and the state key hash the dataset, recipe, seed and overrides, so other settings make other
-models. ``--json FILE`` writes ``tradeoff_json``'s layout: top-level ``dataset``, ``source``,
-``image_size``, ``date``, ``machine`` (and the command, commit, settings) and ``rows``.
+Resumable per model and per phase: each finished phase is written to ``--state DIR`` at once, and a
+rerun skips it; a training interrupted midway resumes from its last checkpoint (the train job
+resumes by run name), and a finished training found in MLflow is never repeated. The run name and
+the state key hash the dataset, recipe, seed and overrides, so other settings make other models; the
+code is not in the key, so after a model change give a new ``--tag``. ``--json FILE`` writes
+``tradeoff_json``'s layout: top-level ``dataset``, ``source``, ``image_size``, ``date``, ``machine``
+(and the command, commit, settings) and ``rows``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0", help="comma list: one row per seed for saccaders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="every recipe")
     p.add_argument("--state", default="checkpoints/tradeoff", help="finished phases per model")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="part of every model's key and run name: new models after a code change (the "
+        "key covers the dataset, recipe, seed and --set, not the code)",
+    )
     p.add_argument("--json", help="write the rows and the run's details to this file")
     p.add_argument("--storage", default=os.environ.get("SACCADE_CHECKPOINTS", "checkpoints"))
     p.add_argument("--experiment", default="saccade", help="MLflow experiment of the trainings")
@@ -104,7 +111,11 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def plan_models(
-    dataset: str, recipes: Sequence[str], seeds: Sequence[int], overrides: Mapping[str, str]
+    dataset: str,
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Mapping[str, str],
+    tag: str = "",
 ) -> list[ModelPlan]:
     """The models in table order; unknown recipes, bad overrides and impossible model settings
     fail here, before anything runs."""
@@ -120,8 +131,9 @@ def plan_models(
         for seed in seeds if kind == "saccader" else seeds[:1]:
             settings = {"registered_model": f"tradeoff-{recipe}", **overrides, "seed": str(seed)}
             make_recipe(recipe, dataset, settings)
-            digest = json.dumps([dataset, recipe, sorted(settings.items())]).encode()
-            key = f"{recipe}-seed{seed}-{hashlib.sha256(digest).hexdigest()[:10]}"
+            digest = json.dumps([dataset, recipe, sorted(settings.items()), tag]).encode()
+            name = f"{recipe}-{tag}" if tag else recipe
+            key = f"{name}-seed{seed}-{hashlib.sha256(digest).hexdigest()[:10]}"
             plans.append(ModelPlan(recipe, seed, kind, settings, key))
     return plans
 
@@ -321,7 +333,9 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not recipes:
         raise ValueError("--recipes is empty; give at least one recipe")
-    plans = plan_models(args.dataset, recipes, _ints(args.seeds, "--seeds"), overrides)
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only")
+    plans = plan_models(args.dataset, recipes, _ints(args.seeds, "--seeds"), overrides, args.tag)
     return args, check_dataset(args.dataset), plans
 
 

@@ -30,8 +30,11 @@ def test_plan_one_row_per_saccader_seed_and_one_per_baseline() -> None:
     other = plan_models("data/x/v0001", ["tiny_cpu"], [3], {"epochs": "1"})[0]
     elsewhere = plan_models("data/x/v0002", ["tiny_cpu"], [3], {})[0]
     assert again.key == plans[0].key
-    assert len({plans[0].key, other.key, elsewhere.key}) == 3
+    tagged = plan_models("data/x/v0001", ["tiny_cpu"], [3], {}, tag="v2")[0]
+    assert len({plans[0].key, other.key, elsewhere.key, tagged.key}) == 4
     assert other.overrides["epochs"] == "1"
+    assert tagged.overrides == plans[0].overrides  # a tag renames, it changes no setting
+    assert tagged.run_name.startswith("tradeoff-tiny_cpu-v2-seed3-")
 
 
 @pytest.mark.parametrize(
@@ -146,6 +149,7 @@ def test_cli_bad_input_fails_before_any_work(tmp_path) -> None:
         (["--dataset", missing, "--recipes", "nope"], "unknown recipe 'nope'"),
         (["--dataset", missing, "--recipes", "tiny_cpu", "--seeds", "a"], "--seeds expects"),
         (["--dataset", missing, "--recipes", "tiny_cpu", "--repeats", "0"], "--repeats"),
+        (["--dataset", missing, "--recipes", "tiny_cpu", "--tag", "a b"], "--tag 'a b'"),
         (["--recipes", "tiny_cpu"], "--dataset"),
     ]
     for args, message in cases:
