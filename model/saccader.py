@@ -48,7 +48,8 @@ class SaccaderOutput:
     z_BT3: torch.Tensor  # the latents used (samples in training, posterior means at inference)
     kl_BT: torch.Tensor  # KL(q_t ‖ p_t) of each glimpse's location, summed over its parts
     log_q_BT: torch.Tensor  # log q of the sampled choice (heatmap: the cell), for the score term
-    recon_BTCHW: torch.Tensor  # proxy reconstruction (Bernoulli logits or Gaussian means)
+    # proxy reconstruction (Bernoulli logits or Gaussian means); None when not asked for
+    recon_BTCHW: torch.Tensor | None
 
 
 @dataclass
@@ -264,9 +265,15 @@ class Saccader(BatchClassifier):
                 out_layer.bias[1:3].zero_()
 
     def forward(
-        self, proxy_BCHW: torch.Tensor, reader: RegionReader, *, sample: bool | None = None
+        self,
+        proxy_BCHW: torch.Tensor,
+        reader: RegionReader,
+        *,
+        sample: bool | None = None,
+        reconstruct: bool = True,
     ) -> SaccaderOutput:
-        """T glimpses and the class scores. `sample`: draw z from q (default: in training)."""
+        """T glimpses and the class scores. `sample`: draw z from q (default: in training).
+        `reconstruct`: decode the proxy (the bound's term; a prediction does not need it)."""
         sample = self.training if sample is None else sample
         cfg = self.config
         f_BL = self.proxy_encoder(resize_square(proxy_BCHW, cfg.proxy_size))
@@ -281,7 +288,8 @@ class Saccader(BatchClassifier):
             )
             a.append(self.glimpse_head(torch.cat([h_BL, g_BL], dim=1)))
             e_BL = self.phi_z(where.z_B3)
-            recon.append(self.decoder(torch.cat([e_BL, h_BL], dim=1)))
+            if reconstruct:
+                recon.append(self.decoder(torch.cat([e_BL, h_BL], dim=1)))
             core_in = [f_BL, e_BL, g_BL] if cfg.feed_glimpse else [f_BL, e_BL]
             _, state = self.core(torch.cat(core_in, dim=1).unsqueeze(1), state)
             steps.append(where)
@@ -297,7 +305,9 @@ class Saccader(BatchClassifier):
             log_q_BT=torch.stack([s.log_q_B for s in steps], dim=1),
             recon_BTCHW=torch.stack(recon, dim=1).view(
                 B, cfg.glimpses, cfg.proxy_channels, cfg.proxy_size, cfg.proxy_size
-            ),
+            )
+            if reconstruct
+            else None,
         )
 
     def _scene(self, proxy_BCHW: torch.Tensor, reader: RegionReader) -> _Scene:
@@ -380,6 +390,7 @@ class Saccader(BatchClassifier):
 
     def loss(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
         out = self(batch.proxy_BCHW, batch.region_reader())
+        assert out.recon_BTCHW is not None  # reconstruct=True by default
         target_BCHW = resize_square(batch.proxy_BCHW, self.config.proxy_size)
         return saccader_objective(
             logits_BK=out.logits_BK,
@@ -396,8 +407,9 @@ class Saccader(BatchClassifier):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
-        """Deterministic in eval mode: z = the posterior mean, zero initial state."""
-        out = self(batch.proxy_BCHW, batch.region_reader(), sample=False)
+        """Deterministic in eval mode: z = the posterior mean, zero initial state; the proxy's
+        reconstruction (a training term) is not decoded."""
+        out = self(batch.proxy_BCHW, batch.region_reader(), sample=False, reconstruct=False)
         return Prediction(
             logits_BK=out.logits_BK, labels_B=out.logits_BK.argmax(dim=1), boxes_BT4=out.boxes_BT4
         )

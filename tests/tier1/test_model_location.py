@@ -120,3 +120,18 @@ def test_the_brightness_prior_is_in_both_posterior_and_prior(saliency: float) ->
         torch.testing.assert_close(shift_BG, shift_BG[:, :1].expand_as(shift_BG))
     if saliency:  # learned scores start at zero: brightness alone orders the posterior's cells
         assert torch.equal(bright_q.argmax(dim=1), brightness_BG.argmax(dim=1))
+
+
+def test_a_prediction_skips_the_decoder_and_matches_the_full_forward_pass() -> None:
+    model = _heatmap_model().eval()
+    batch = _batch()
+    calls = []
+    model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        full = model(batch.proxy_BCHW, batch.region_reader(), sample=False)
+        decoded = len(calls)
+        prediction = model.predict(batch)
+    assert decoded == model.config.glimpses and len(calls) == decoded  # none in the prediction
+    assert full.recon_BTCHW is not None
+    torch.testing.assert_close(prediction.logits_BK, full.logits_BK)
+    torch.testing.assert_close(prediction.boxes_BT4, full.boxes_BT4)
