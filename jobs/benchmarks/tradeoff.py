@@ -131,7 +131,8 @@ def plan_models(
         for seed in seeds if kind == "saccader" else seeds[:1]:
             settings = {"registered_model": f"tradeoff-{recipe}", **overrides, "seed": str(seed)}
             make_recipe(recipe, dataset, settings)
-            digest = json.dumps([dataset, recipe, sorted(settings.items()), tag]).encode()
+            parts = [dataset, recipe, sorted(settings.items()), *([tag] if tag else [])]
+            digest = json.dumps(parts).encode()  # untagged keys as before tags existed
             name = f"{recipe}-{tag}" if tag else recipe
             key = f"{name}-seed{seed}-{hashlib.sha256(digest).hexdigest()[:10]}"
             plans.append(ModelPlan(recipe, seed, kind, settings, key))

@@ -35,6 +35,8 @@ def test_plan_one_row_per_saccader_seed_and_one_per_baseline() -> None:
     assert other.overrides["epochs"] == "1"
     assert tagged.overrides == plans[0].overrides  # a tag renames, it changes no setting
     assert tagged.run_name.startswith("tradeoff-tiny_cpu-v2-seed3-")
+    # Keys are what resumes a recorded run: an untagged key must not change between versions.
+    assert again.key == "tiny_cpu-seed3-1173c182cc"
 
 
 @pytest.mark.parametrize(
