@@ -315,10 +315,11 @@ class Saccader(BatchClassifier):
         keys and brightness."""
         if self.heatmap is None:
             return _Scene(sizes=reader.image_sizes())
+        with_prior = self.heatmap.saliency is not None  # brightness only where it is used
         return _Scene(
             sizes=reader.image_sizes(),
             keys_BGL=self.heatmap.keys_of(proxy_BCHW),
-            brightness_BG=self.heatmap.brightness(proxy_BCHW),
+            brightness_BG=self.heatmap.brightness(proxy_BCHW) if with_prior else None,
         )
 
     def _initial_state(self, f_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -329,6 +329,16 @@ def mark_duplicates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def local_records(cfg: DslrConfig) -> tuple[list[dict[str, Any]], list[str], int]:
+    """The driver side without Ray (benchmarks, tests): listing, hashing the possible duplicates
+    in this process, duplicates marked. Returns the records for `tile_files`, the class names
+    and how many files the listing found. The build runs the hash pass on Ray Data instead."""
+    items, class_names = list_photos(cfg)
+    to_hash, rest = hash_candidates(items)
+    hashed = hash_files(pa.Table.from_pylist(to_hash, schema=INPUT_SCHEMA)).to_pylist()
+    return mark_duplicates(rest + hashed), class_names, len(items)
+
+
 def _labels_by_content(ordered: list[dict[str, Any]]) -> dict[str, dict[str | None, str]]:
     """Per content hash of the usable files, each label with the first file that carries it."""
     labels: dict[str, dict[str | None, str]] = {}

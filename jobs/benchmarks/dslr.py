@@ -37,15 +37,7 @@ from PIL import Image
 
 from jobs.benchmarks._common import goal, header, jpeg_bytes, photo_like, table, timed, write_json
 from pipelines.codec import decode_full, encode_tiles
-from pipelines.dslr import (
-    INPUT_SCHEMA,
-    DslrConfig,
-    hash_candidates,
-    hash_files,
-    list_photos,
-    mark_duplicates,
-    tile_files,
-)
+from pipelines.dslr import INPUT_SCHEMA, DslrConfig, local_records, tile_files
 from pipelines.sc2.simulator import Sc2SimConfig, generate_sc2_sim
 from pipelines.street_signs import StreetSignsConfig, generate_street_sign
 from pipelines.synthetic import sample_rng
@@ -88,10 +80,7 @@ def stage_records(folder: str) -> tuple[DslrConfig, list[dict[str, Any]]]:
     """The driver side of the stage: listing, and the duplicate check's hash pass (its files of
     equal size: none among distinct photos)."""
     cfg = DslrConfig(input=folder)
-    items, _ = list_photos(cfg)
-    to_hash, rest = hash_candidates(items)
-    hashed = hash_files(pa.Table.from_pylist(to_hash, schema=INPUT_SCHEMA)).to_pylist()
-    records = mark_duplicates(rest + hashed)
+    records, _, _ = local_records(cfg)
     return cfg, records
 
 
