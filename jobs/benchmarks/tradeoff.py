@@ -52,6 +52,7 @@ from jobs.benchmarks._tradeoff import (
     tradeoff_row,
 )
 from jobs.common import JobParser, parse_key_values
+from jobs.training.recipes import make_recipe
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -119,7 +120,6 @@ def plan_models(
 ) -> list[ModelPlan]:
     """The models in table order; unknown recipes, bad overrides and impossible model settings
     fail here, before anything runs."""
-    from jobs.training.recipes import make_recipe
     from model.registry import config_type
 
     if "seed" in overrides:
@@ -360,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 training=record["train"],
                 evaluation=record["evaluate"],
                 measured=record["measure"],
-                train_images=train_images,
+                train_images=make_recipe(
+                    plan.recipe, args.dataset, plan.overrides
+                ).images_per_epoch(train_images),
             )
         )
     figures = tradeoff_json(

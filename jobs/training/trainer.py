@@ -110,7 +110,7 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        datasets={"train": read_split(version, "train"), "val": read_split(version, "val")},
+        datasets={"train": _train_split(version, cfg), "val": read_split(version, "val")},
         # Validation runs whole on rank 0; only the training split is sharded.
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
@@ -120,6 +120,11 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def _train_split(version: DatasetVersion, cfg: TrainConfig) -> Any:
+    split = read_split(version, "train")
+    return split if cfg.train_images is None else split.limit(cfg.train_images)
 
 
 def _absolute(storage: str) -> str:

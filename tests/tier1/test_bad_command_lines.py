@@ -88,7 +88,7 @@ BAD_NUMBERS = [
     ("quickstart", "--train 0", "got 0"),
     ("quickstart", "--train abc", "'abc'"),
     ("quickstart", "--epochs 0", "got 0"),
-    ("quickstart", "--out {tmp}/q --original-size 50", "original_size=50"),
+    ("quickstart", "--out {tmp}/q --original-size 50", "--original-size 50"),
     ("verify", "--dataset {ds} --batch-size 0", "got 0"),
 ]
 BAD_PATHS = [
