@@ -169,17 +169,17 @@ def _cell(value: float | None, form: str) -> str:
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (
         f"{'model':<12}{'test acc':>9}{'hit-rate':>9}{'centred':>8}{'ms/img b1':>10}"
-        f"{'ms/img b16':>11}{'MB b16':>8}{'looked':>8}{'trained on':>13}"
+        f"{'ms/img b16':>11}{'MB b16':>8}{'looked':>8}{'training':>18}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        trained_on = f"{r['epochs']}×{r['train_images']:,} img"
+        trained_on = f"{r['epochs']}×{r['train_images']:,} img, {r['train_seconds']:.0f} s"
         lines.append(
             f"{r['model']:<12}{r['accuracy']:>9.3f}{_cell(r['hit_rate'], '.3f'):>9}"
             f"{_cell(r['centred_hit_rate'], '.3f'):>8}{r['ms_per_image_b1']:>10.1f}"
             f"{r['ms_per_image_b16']:>11.1f}{r['peak_mb_b16']:>8.0f}"
             f"{_cell(r['looked_fraction'], '.2%'):>8}"
-            f"{trained_on:>13}"
+            f"{trained_on:>18}"
         )
     return "\n".join(lines)
 

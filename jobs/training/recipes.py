@@ -241,12 +241,13 @@ def quickstart_cpu(dataset: str) -> TrainConfig:
     """The quickstart's saccader: `detail_cpu` at the quickstart's size, one 20-px digit with
     clutter on a 700-px original (``jobs.quickstart``'s dataset: the proxy blurred ×10 to 70 px,
     the digit 2 px there and 6 px once the image is resized to 224, as in `detail_cpu`'s 1000-px
-    images). The boxes keep their fraction of the side (31–35 px around a 20-px digit). Three
-    epochs of 3,000 images: what fits the quickstart's 15 minutes with the three baselines
-    (BENCHMARKS.md, "Quickstart")."""
+    images). The boxes keep their fraction of the side (31–35 px around a 20-px digit). Four
+    epochs of 3,000 images take about the training seconds of resize-224's three (each model
+    pays what an image costs it): what fits the quickstart's 15 minutes with the three
+    baselines (BENCHMARKS.md, "Quickstart")."""
     base = detail_cpu(dataset)
     return dataclasses.replace(
-        base, model_cfg={**base.model_cfg, "proxy_size": 70}, epochs=3, picture_every=1
+        base, model_cfg={**base.model_cfg, "proxy_size": 70}, epochs=4, picture_every=2
     )
 
 
@@ -287,7 +288,9 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "tiny_cpu_patches": _baseline("resnet18_patches_test", tiny_cpu),
     "tiny_cpu_proxy_only": _baseline("proxy_only_test", tiny_cpu),
     "quickstart_cpu": quickstart_cpu,
-    "quickstart_cpu_resize224": _baseline("resnet18_resize224", quickstart_cpu, SMALL_RESNET),
+    "quickstart_cpu_resize224": _baseline(
+        "resnet18_resize224", quickstart_cpu, SMALL_RESNET, epochs=3
+    ),
     # 2×2 patches of 350 px; every pixel reads 600 images, about the saccader's training time
     "quickstart_cpu_patches": _baseline(
         "resnet18_patches",
@@ -297,7 +300,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
         train_images=600,
     ),
     "quickstart_cpu_proxy_only": _baseline(
-        "proxy_only", quickstart_cpu, {**SMALL_RESNET, "proxy_size": 70}
+        "proxy_only", quickstart_cpu, {**SMALL_RESNET, "proxy_size": 70}, epochs=3
     ),
     "cluttered_cpu": cluttered_cpu,
     "cluttered_cpu_resize224": _baseline("resnet18_resize224", cluttered_cpu, SMALL_RESNET),
