@@ -13,6 +13,7 @@ from model.loss import LIKELIHOODS
 LOCATORS = ("mlp", "heatmap")
 POOLED_LEVELS = (1, 2, 4, 8, 16)  # 1: never read a pooled level; else pipelines.pyramid's factors
 GLIMPSE_NORMS = ("batch", "group")
+CLASSIFIER_INPUTS = ("mean", "concat")
 
 
 def _check_positive(config: object, *names: str) -> None:
@@ -75,6 +76,10 @@ class SaccaderConfig:
     # Boxes at least this many windows wide are pooled by a multiple of it and read from the
     # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
     pooled_level: int = 8
+    # What the classifier reads of the per-glimpse features a_1..a_T: "mean", their mean (the
+    # paper's; any T at inference), or "concat", them side by side in glimpse order (the
+    # reference code's option, used in its StarCraft II runs; T is then fixed by the weights).
+    classifier_input: str = "mean"
     # Per class, the classes a single glimpse may name (its "parts"): e.g. a two-digit pair's
     # two digits. Empty: the class itself. Sets the per-glimpse head's targets (auxiliary and
     # score-function terms; model/loss.py), since one glimpse of a pair sees one digit.
@@ -96,6 +101,11 @@ class SaccaderConfig:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; use one of {LIKELIHOODS}")
         if self.init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
+        if self.classifier_input not in CLASSIFIER_INPUTS:
+            raise ValueError(
+                f"unknown classifier_input {self.classifier_input!r}; use one of "
+                f"{CLASSIFIER_INPUTS}"
+            )
         if self.locator not in LOCATORS:
             raise ValueError(f"unknown locator {self.locator!r}; use one of {LOCATORS}")
         self.part_classes = tuple(tuple(int(p) for p in parts) for parts in self.part_classes)

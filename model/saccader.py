@@ -41,7 +41,7 @@ LSTM_LAYERS = 2
 class SaccaderOutput:
     """Everything one forward pass produces; the loss and the evaluation pick what they need."""
 
-    logits_BK: torch.Tensor  # from the mean of the per-glimpse features a_t
+    logits_BK: torch.Tensor  # from the per-glimpse features a_t (their mean, or concatenated)
     # the same head on each a_t alone (auxiliary loss), or the part head (config.part_classes)
     glimpse_logits_BTK: torch.Tensor
     boxes_BT4: torch.Tensor  # where each glimpse looked
@@ -245,7 +245,13 @@ class Saccader(BatchClassifier):
         self.phi_z = mlp(3, L, L)
         self.decoder = mlp(2 * L, L, C_proxy * P * P)  # [φ_z(z), h̄] → x̃
         self.glimpse_head = mlp(2 * L, L, L)  # [h̄, g] → a_t
-        self.classifier = mlp(L, L, config.num_classes)
+        concat = config.classifier_input == "concat"
+        self.classifier = mlp(config.glimpses * L if concat else L, L, config.num_classes)
+        # The per-glimpse head (auxiliary and score terms) reads one a_t: the classifier itself
+        # when it reads their mean, a head of its own when it reads them concatenated.
+        self.glimpse_classifier = (
+            mlp(L, L, config.num_classes) if concat and not config.part_classes else None
+        )
         self.part_head: nn.Module | None = None
         if config.part_classes:
             n_parts = 1 + max(max(p) for p in config.part_classes)
@@ -294,10 +300,12 @@ class Saccader(BatchClassifier):
             _, state = self.core(torch.cat(core_in, dim=1).unsqueeze(1), state)
             steps.append(where)
         a_BTL = torch.stack(a, dim=1)
-        head = self.part_head if self.part_head is not None else self.classifier
+        heads = (self.part_head, self.glimpse_classifier, self.classifier)
+        head = next(h for h in heads if h is not None)
         B = proxy_BCHW.shape[0]
+        pooled_BX = a_BTL.flatten(1) if cfg.classifier_input == "concat" else a_BTL.mean(dim=1)
         return SaccaderOutput(
-            logits_BK=self.classifier(a_BTL.mean(dim=1)),
+            logits_BK=self.classifier(pooled_BX),
             glimpse_logits_BTK=head(a_BTL),
             boxes_BT4=torch.stack([s.boxes_B4 for s in steps], dim=1),
             z_BT3=torch.stack([s.z_B3 for s in steps], dim=1),

@@ -135,3 +135,31 @@ def test_a_prediction_skips_the_decoder_and_matches_the_full_forward_pass() -> N
     assert full.recon_BTCHW is not None
     torch.testing.assert_close(prediction.logits_BK, full.logits_BK)
     torch.testing.assert_close(prediction.boxes_BT4, full.boxes_BT4)
+
+
+def test_the_concat_classifier_reads_the_glimpses_in_order_and_the_mean_does_not() -> None:
+    """`classifier_input=concat` (the reference's StarCraft II option): the class scores depend on
+    which glimpse saw what; with the paper's mean they do not. The per-glimpse head then has
+    weights of its own (one a_t is not the classifier's input)."""
+    batch = _batch()
+    for kind, order_matters in (("concat", True), ("mean", False)):
+        torch.manual_seed(0)
+        model = create_model(
+            "saccader_test", num_classes=3, in_channels=1, classifier_input=kind
+        ).eval()
+        a_BTL = torch.randn(len(batch.labels_B), model.config.glimpses, model.config.latent)
+        pooled = (lambda a: a.flatten(1)) if kind == "concat" else (lambda a: a.mean(dim=1))
+        swapped = model.classifier(pooled(a_BTL.flip(1)))
+        assert torch.allclose(model.classifier(pooled(a_BTL)), swapped) != order_matters
+        seen: list[torch.Tensor] = []  # each step's a_t, as forward computes it
+        model.glimpse_head.register_forward_hook(lambda _m, _i, a, seen=seen: seen.append(a))
+        out = model(batch.proxy_BCHW, batch.region_reader(), reconstruct=False)
+        expected = model.classifier(pooled(torch.stack(seen, dim=1)))
+        assert torch.allclose(out.logits_BK, expected)
+        assert out.glimpse_logits_BTK.shape == (6, model.config.glimpses, 3)
+        assert (model.glimpse_classifier is not None) == (kind == "concat")
+
+
+def test_an_unknown_classifier_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="classifier_input 'sum'"):
+        create_model("saccader_test", num_classes=3, in_channels=1, classifier_input="sum")
