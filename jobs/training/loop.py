@@ -141,6 +141,7 @@ def _train_epoch(
     out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
     # Shards are equal-sized, so this worker's rate times the world size is the job's rate.
     out["train/samples_per_s"] = world * samples / max(seconds, 1e-9)
+    out["train/images"] = float(world * samples)  # what the epoch read (`train_images` caps it)
     out["train/epoch_seconds"] = seconds
     out["train/corrupt_rows"] = float(_sum_over_workers(corrupt, world, device))
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.benchmarks._tradeoff import ROW_FIELDS
 from jobs.training.assess import assess
 from jobs.training.packaging import model_frame
 from jobs.training.recipes import make_recipe
@@ -93,6 +94,17 @@ def test_train_registers_a_model_that_loads_and_predicts(
     assert logged.data.metrics["test/accuracy"] == pytest.approx(report.metrics["test/accuracy"])
     with pytest.raises(ValueError, match="cannot load model models:/no-such-model/1"):
         assess("models:/no-such-model/1", tiny_dataset)
+
+
+def test_train_images_caps_what_each_epoch_reads(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+) -> None:
+    """The every-pixel baseline's budget: each epoch reads the split's first N images only."""
+    request = _request(tiny_dataset, tmp_path, "capped", epochs="1", train_images="8")
+    outcome = train(request)
+    assert outcome.metrics["train/images"] == 8
+    total = DatasetVersion.open(tiny_dataset).manifest["counts"]["train"]
+    assert total > 8  # the cap, not the split, stopped the epoch
 
 
 def test_resume_continues_from_the_last_epoch(
@@ -196,8 +208,9 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
 
 
 def test_quickstart_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
-    """The README's main command, shrunk: build, train two models with Ray Train, evaluate each
-    in its own process, print the table; on its own local Ray and its own MLflow store."""
+    """The README's main command, shrunk: build, train two models with Ray Train, evaluate and
+    time each in processes of its own, print the table and write the trade-off JSON; on its own
+    local Ray and its own MLflow store."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(
         [
@@ -214,6 +227,10 @@ def test_quickstart_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
             "saccader,proxy-only",
             "--num-cpus",
             "2",
+            "--original-size",
+            "200",
+            "--json",
+            str(tmp_path / "quickstart.json"),
         ],
         cwd=tmp_path,  # checkpoints/ and mlartifacts/ land here, not in the repository
         env={**env, "PYTHONPATH": str(REPO_ROOT)},
@@ -236,7 +253,18 @@ def test_quickstart_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     assert 0 <= float(rows["saccader"][1]) <= 1 and 0 <= float(rows["saccader"][2]) <= 1
     assert rows["proxy-only"][2] == "-"  # no glimpses, no hit-rate
     assert lines[head + 4] == ""
-    assert lines[head + 5].startswith("The table compares the models' test accuracy")
+    assert lines[head + 5].startswith("The saccader read ")
+    assert "against proxy-only" in lines[head + 5]
+    figures = json.loads((tmp_path / "quickstart.json").read_text())
+    assert {"dataset", "source", "image_size", "date", "machine"} <= set(figures)
+    assert figures["image_size"] == {"height": 200, "width": 200, "channels": 1}
+    assert [r["model"] for r in figures["rows"]] == ["saccader", "proxy-only"]
+    assert all(tuple(r) == ROW_FIELDS for r in figures["rows"])
+    saccader, proxy_only = figures["rows"]
+    assert float(rows["saccader"][1]) == round(saccader["accuracy"], 3)
+    assert 0 < saccader["looked_fraction"] < 1 and proxy_only["looked_fraction"] is None
+    assert saccader["train_images"] == 32 and saccader["epochs"] == 1
+    assert saccader["ms_per_image_b16"] > 0 and saccader["peak_mb_b1"] > 0
     registered = "registered: models:/quickstart-saccader/1, models:/quickstart-proxy-only/1"
     assert registered in lines
     picture = next(line for line in lines if line.startswith("glimpse picture: ")).split(": ")[1]
