@@ -17,12 +17,18 @@ from jobs.ops.services import check_object_store
 from jobs.preflight import positive_int
 from jobs.training.assess import assess
 from jobs.training.data import open_dataset
+from pipelines.storage import resolve_version
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = JobParser(prog="python -m jobs.evaluate", description=__doc__)
     p.add_argument("--model", required=True, help="models:/NAME/VERSION, models:/NAME@ALIAS, ...")
-    p.add_argument("--dataset", required=True, help="a published version: <root>/<version>")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="a published version (<root>/<version>), or a dataset root: the version its "
+        "latest.json names",
+    )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -33,6 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_object_store(args.dataset)
+    args.dataset = resolve_version(args.dataset)
     say = console.start("evaluate", verbose=args.verbose).say
     with console.current().bar(f"evaluate {args.model}", _rows(args)) as bar:
         result = assess(

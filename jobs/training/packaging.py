@@ -154,12 +154,20 @@ class SaccadePyfunc(PythonModel):
 
 
 def _requirements() -> list[str]:
+    """The packages the model needs, pinned at the installed releases. A local version label
+    (torch's ``+cpu``) is dropped: it names a build that only the index it came from has, and a
+    GPU host restoring the environment must get its own build of the same release."""
     from importlib.metadata import version
 
     return [
-        f"{name}=={version(name)}"
+        f"{name}=={public_version(version(name))}"
         for name in ("torch", "mlflow", "pyarrow", "pillow", "numpy", "pandas")
     ]
+
+
+def public_version(version: str) -> str:
+    """``2.13.0+cpu`` → ``2.13.0`` (PEP 440: the part after ``+`` is a local label)."""
+    return version.split("+", 1)[0]
 
 
 def _pyfunc_arguments(state_path: str, example: pa.Table) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -44,6 +45,27 @@ def test_the_paper_scale_recipes_have_the_reference_batch_and_a_locator_that_lea
     assert config.batch_size * config.num_workers == 100
     assert config.model_cfg["locator"] == "heatmap" and config.score_weight > 0
     assert config.use_gpu and config.model_cfg["window"] == 64
+
+
+@pytest.mark.parametrize("job", ["jobs.train", "jobs.evaluate"])
+def test_a_dataset_root_means_the_version_its_latest_names(job: str, tmp_path: Path) -> None:
+    """``--dataset ROOT`` follows ``ROOT/latest.json`` (as predict and promote do): the error
+    about the (deliberately unreadable) version names the version it resolved to."""
+    (tmp_path / "v0002").mkdir()
+    (tmp_path / "latest.json").write_text(json.dumps({"version": "v0002"}))
+    (tmp_path / "v0002" / "manifest.json").write_text(json.dumps({"version": "v0002"}))
+    args = ["--dataset", str(tmp_path)]
+    args += ["--recipe", "tiny_cpu"] if job == "jobs.train" else ["--model", "models:/m/1"]
+    done = run_job(job, *args)
+    assert done.returncode == 2
+    assert f"dataset {tmp_path}/v0002 has schema version None" in done.stderr
+
+
+def test_print_config_shows_the_resolved_configuration() -> None:
+    done = _train("--recipe", "tiny_cpu", "--set", "model_cfg.inhibit_return=no", "--print-config")
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    assert config["model_cfg"]["inhibit_return"] is False and config["model"] == "saccader_test"
 
 
 def test_train_images_caps_what_an_epoch_reads() -> None:
