@@ -169,7 +169,7 @@ def _cell(value: float | None, form: str) -> str:
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (
         f"{'model':<12}{'test acc':>9}{'hit-rate':>9}{'centred':>8}{'ms/img b1':>10}"
-        f"{'ms/img b16':>11}{'MB b16':>8}{'looked':>8}{'training':>18}"
+        f"{'ms/img b16':>11}{'MB b16':>8}{'looked':>8}{'training':>20}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -179,7 +179,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{_cell(r['centred_hit_rate'], '.3f'):>8}{r['ms_per_image_b1']:>10.1f}"
             f"{r['ms_per_image_b16']:>11.1f}{r['peak_mb_b16']:>8.0f}"
             f"{_cell(r['looked_fraction'], '.2%'):>8}"
-            f"{trained_on:>18}"
+            f"{trained_on:>20}"
         )
     return "\n".join(lines)
 

@@ -70,6 +70,11 @@ class SaccaderConfig:
     # a random glimpse almost never holds an object (megapixel MNIST), the glimpse classifier
     # then learns from glimpses that do, and the location rewards carry a signal.
     heatmap_saliency: float = 0.0
+    # heatmap: the box is centred on the brightest blob inside the chosen cell (a stride-wide
+    # window of the proxy), not on the cell's centre: the object then sits near the middle of
+    # the glimpse instead of anywhere within half a cell of it, and the glimpse classifier
+    # learns sooner (BENCHMARKS.md, "Quickstart"). The cell is still the posterior's choice.
+    heatmap_refine: bool = False
     # Normalisation in the glimpse encoder: "batch" (BatchNorm) or "group" (GroupNorm: the same
     # per-example statistics in training and at inference, whatever the other glimpses hold).
     glimpse_norm: str = "batch"

@@ -69,6 +69,7 @@ class _Scene:
     sizes: list[tuple[int, int]]  # (H, W) of each original
     keys_BGL: torch.Tensor | None = None  # heat map: per-cell features of the proxy
     brightness_BG: torch.Tensor | None = None  # heat map: per-cell brightest blob
+    peaks_BG2: torch.Tensor | None = None  # heat map (refine): that blob's centre, (x, y)
 
 
 @dataclass
@@ -139,16 +140,25 @@ class HeatmapLocator(nn.Module):
         keys_BLgg = self.keys(torch.cat([proxy_BCPP, coords_B2PP], dim=1))
         return keys_BLgg.flatten(2).transpose(1, 2)
 
-    def brightness(self, proxy_BCPP: torch.Tensor) -> torch.Tensor:
-        """B×G: per cell, the brightest stride×stride mean of the proxy (a blob detector)."""
+    def brightness(self, proxy_BCPP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell, the brightest stride×stride mean of the proxy (a blob detector; B×G,
+        relative to the image's brightest cell) and that blob's centre ((x, y) in [−1, 1],
+        B×G×2)."""
         grey_B1PP = resize_square(proxy_BCPP, self.size).mean(dim=1, keepdim=True)
-        s = self.stride
+        s, P = self.stride, grey_B1PP.shape[-1]
         blobs_B1PP = F.avg_pool2d(F.pad(grey_B1PP, (0, s - 1, 0, s - 1)), s, stride=1)
-        pad = -grey_B1PP.shape[-1] % s
-        cells_BG = F.max_pool2d(F.pad(blobs_B1PP, (0, pad, 0, pad)), s).flatten(1)
+        pad = -P % s
+        cells_B1gg, at_B1gg = F.max_pool2d(
+            F.pad(blobs_B1PP, (0, pad, 0, pad)), s, return_indices=True
+        )
+        cells_BG, at_BG = cells_B1gg.flatten(1), at_B1gg.flatten(1)
+        # the blob at padded row r, column c covers proxy pixels [r, r + s) × [c, c + s)
+        row_BG, col_BG = at_BG // (P + pad), at_BG % (P + pad)
+        peaks_BG2 = torch.stack([col_BG, row_BG], dim=-1).to(grey_B1PP.dtype)
+        peaks_BG2 = ((peaks_BG2 + s / 2) / P * 2 - 1).clamp(-1, 1)
         # Per image, relative to its brightest cell: a gain then means the same margin over
         # the other cells whatever the exposure (a dim image's digits are still its blobs).
-        return cells_BG / cells_BG.amax(dim=1, keepdim=True).clamp_min(1e-3)
+        return cells_BG / cells_BG.amax(dim=1, keepdim=True).clamp_min(1e-3), peaks_BG2
 
     def logits(
         self,
@@ -188,8 +198,10 @@ class HeatmapLocator(nn.Module):
         *,
         sample: bool,
         straight_through: bool,
+        centres_BG2: torch.Tensor | None = None,
     ) -> _Cell:
-        """A cell drawn from q (training) or its mode (inference), and what comes with it."""
+        """A cell drawn from q (training) or its mode (inference), and what comes with it: its
+        centre, or its entry of `centres_BG2` (per image: the brightest blob's, `refine`)."""
         if sample:
             cell_B = torch.distributions.Categorical(logits=log_q_BG).sample()
         else:
@@ -198,8 +210,13 @@ class HeatmapLocator(nn.Module):
         if straight_through:  # forward: the cell itself; backward: the softmax's gradient
             q_BG = log_q_BG.exp()
             one_hot_BG = one_hot_BG + q_BG - q_BG.detach()
+        centre_B2 = (
+            one_hot_BG @ self.centres_G2
+            if centres_BG2 is None
+            else torch.einsum("bg,bgc->bc", one_hot_BG, centres_BG2)
+        )
         return _Cell(
-            centre_B2=one_hot_BG @ self.centres_G2,
+            centre_B2=centre_B2,
             key_BL=keys_BGL[torch.arange(len(cell_B), device=cell_B.device), cell_B],
             kl_B=(log_q_BG.exp() * (log_q_BG - log_p_BG)).sum(dim=1),
             log_q_B=log_q_BG.gather(1, cell_B[:, None]).squeeze(1),
@@ -323,12 +340,13 @@ class Saccader(BatchClassifier):
         keys and brightness."""
         if self.heatmap is None:
             return _Scene(sizes=reader.image_sizes())
-        with_prior = self.heatmap.saliency is not None  # brightness only where it is used
-        return _Scene(
-            sizes=reader.image_sizes(),
-            keys_BGL=self.heatmap.keys_of(proxy_BCHW),
-            brightness_BG=self.heatmap.brightness(proxy_BCHW) if with_prior else None,
-        )
+        scene = _Scene(sizes=reader.image_sizes(), keys_BGL=self.heatmap.keys_of(proxy_BCHW))
+        # brightness only where it is used: the prior, or the refined box centres
+        if self.heatmap.saliency is not None or self.config.heatmap_refine:
+            brightness_BG, peaks_BG2 = self.heatmap.brightness(proxy_BCHW)
+            scene.brightness_BG = brightness_BG if self.heatmap.saliency is not None else None
+            scene.peaks_BG2 = peaks_BG2 if self.config.heatmap_refine else None
+        return scene
 
     def _initial_state(self, f_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LSTM (h, c), each S×B×L: zeros, plus N(0, σ²) noise in training (the reference's)."""
@@ -385,6 +403,7 @@ class Saccader(BatchClassifier):
             scene.keys_BGL,
             sample=sample,
             straight_through=cfg.straight_through,
+            centres_BG2=scene.peaks_BG2,
         )
         z = self._gaussian(
             torch.cat([f_BL, h_BL, cell.key_BL.detach()], dim=1), h_BL, sample=sample

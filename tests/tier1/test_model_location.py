@@ -107,7 +107,7 @@ def test_the_brightness_prior_is_in_both_posterior_and_prior(saliency: float) ->
     heatmap = _heatmap_model(heatmap_saliency=saliency).heatmap
     batch = _batch(n=3)
     keys_BGL = heatmap.keys_of(batch.proxy_BCHW)
-    brightness_BG = heatmap.brightness(batch.proxy_BCHW)
+    brightness_BG, _ = heatmap.brightness(batch.proxy_BCHW)
     assert torch.allclose(brightness_BG.amax(dim=1), torch.ones(3))  # relative to the brightest
     h_BL = torch.randn(3, keys_BGL.shape[2])
     plain_q, plain_p = heatmap.logits(keys_BGL, h_BL, [])
@@ -163,3 +163,28 @@ def test_the_concat_classifier_reads_the_glimpses_in_order_and_the_mean_does_not
 def test_an_unknown_classifier_input_is_refused() -> None:
     with pytest.raises(ValueError, match="classifier_input 'sum'"):
         create_model("saccader_test", num_classes=3, in_channels=1, classifier_input="sum")
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_refine_centres_the_box_on_the_brightest_blob_of_the_chosen_cell(refine: bool) -> None:
+    """One bright stride-wide blob off its cell's centre: with `heatmap_refine` the box is
+    centred on the blob, without it on the cell (and the cell is the blob's either way)."""
+    model = _heatmap_model(heatmap_saliency=50.0, heatmap_refine=refine).eval()
+    heatmap = model.heatmap
+    P, s = heatmap.size, heatmap.stride
+    proxy_B1PP = torch.zeros(1, 1, P, P)
+    row, col = 2 * s + 1, 3 * s + 1  # the blob's top-left: one pixel into cell (2, 3)
+    proxy_B1PP[0, 0, row : row + s, col : col + s] = 1.0
+    _, peaks_BG2 = heatmap.brightness(proxy_B1PP)
+    cell = 2 * heatmap.grid + 3
+    blob_xy = torch.tensor([(col + s / 2) / P * 2 - 1, (row + s / 2) / P * 2 - 1])
+    torch.testing.assert_close(peaks_BG2[0, cell], blob_xy)
+    images_BCHW = F.interpolate(proxy_B1PP, size=(SIDE, SIDE), mode="nearest")
+    batch = Batch(
+        proxy_BCHW=proxy_B1PP, labels_B=torch.zeros(1, dtype=torch.int64), images_BCHW=images_BCHW
+    )
+    out = model(batch.proxy_BCHW, batch.region_reader(), reconstruct=False)
+    box_4 = out.boxes_BT4[0, 0]
+    centre_xy = torch.stack([box_4[1] + box_4[3], box_4[0] + box_4[2]]) - 1  # to [−1, 1]
+    expected = blob_xy if refine else heatmap.centres_G2[cell]
+    torch.testing.assert_close(centre_xy, expected, atol=0.02, rtol=0)
