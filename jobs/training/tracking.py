@@ -6,9 +6,12 @@ works on it). Any `MLFLOW_TRACKING_URI` (an `mlflow server`, ...) replaces it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 RUN_NAME_TAG = "saccade.run_name"
@@ -41,8 +44,23 @@ def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     return client.create_experiment(name, artifact_location=artifact_location(name))
 
 
-def start_or_resume_run(experiment_id: str, run_name: str, params: Mapping[str, Any]) -> str:
-    """The id of the run named `run_name` (resuming it), or of a new one with `params` logged."""
+@dataclass(frozen=True)
+class DatasetRef:
+    """The dataset version a run trains on, as MLflow's run input (the UI's Datasets column)."""
+
+    url: str  # the version: <root>/<version>
+    manifest_sha256: str  # manifest_hash of its manifest
+    counts: Mapping[str, int]  # images per split
+
+
+def start_or_resume_run(
+    experiment_id: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    dataset: DatasetRef | None = None,
+) -> str:
+    """The id of the run named `run_name` (resuming it), or of a new one with `params`, MLflow's
+    standard source tags and `dataset` as its input logged."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -53,11 +71,51 @@ def start_or_resume_run(experiment_id: str, run_name: str, params: Mapping[str, 
     if runs:
         client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    tags = {RUN_NAME_TAG: run_name, **source_tags()}
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow's batch limit
         client.log_batch(run.info.run_id, params=items[i : i + 100])
+    if dataset is not None:
+        client.log_inputs(run.info.run_id, datasets=[_dataset_input(dataset)])
     return run.info.run_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard tags for who ran what (the UI's Source, User and commit columns)."""
+    import getpass
+
+    from mlflow.utils import mlflow_tags
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "unknown"
+    return {
+        mlflow_tags.MLFLOW_SOURCE_NAME: " ".join(["python", *sys.argv])[:500],
+        mlflow_tags.MLFLOW_SOURCE_TYPE: "JOB",
+        mlflow_tags.MLFLOW_GIT_COMMIT: git_commit(),
+        mlflow_tags.MLFLOW_USER: user,
+    }
+
+
+def _dataset_input(dataset: DatasetRef) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils import mlflow_tags
+
+    scheme = dataset.url.split("://")[0] if "://" in dataset.url else "local"
+    return DatasetInput(
+        Dataset(
+            name=dataset.url.rstrip("/").rsplit("/", 2)[-2] + "/" + dataset.url.rsplit("/", 1)[-1],
+            # MLflow stores 36 characters of digest; the whole hash is the run's
+            # `dataset.manifest_sha256` parameter
+            digest=dataset.manifest_sha256[:36],
+            source_type=scheme,
+            source=json.dumps({"uri": dataset.url}),
+            profile=json.dumps({"counts": dict(dataset.counts)}),
+        ),
+        tags=[InputTag(mlflow_tags.MLFLOW_DATASET_CONTEXT, "training")],
+    )
 
 
 def end_run(run_id: str, *, ok: bool) -> None:

@@ -25,6 +25,7 @@ from jobs.training.packaging import log_and_register
 from jobs.training.progress import Event, board
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import (
+    DatasetRef,
     end_run,
     ensure_experiment,
     flatten,
@@ -150,7 +151,13 @@ def train(
         "dataset.manifest_sha256": manifest_hash(version.manifest),
         "git_commit": git_commit(),
     }
-    run_id = start_or_resume_run(ensure_experiment(request.experiment), request.name, params)
+    dataset = DatasetRef(
+        url=cfg.dataset,
+        manifest_sha256=params["dataset.manifest_sha256"],
+        counts=version.manifest.get("counts") or {},
+    )
+    experiment_id = ensure_experiment(request.experiment)
+    run_id = start_or_resume_run(experiment_id, request.name, params, dataset)
     ok = False
     try:
         with board(progress or _epoch_lines) as progress_board:
