@@ -63,9 +63,10 @@ def read_split(version: DatasetVersion, split: str) -> Any:
     if not files:
         raise SchemaError(f"dataset {version.url} has no {split!r} split")
     prefix = version.url.split("://")[0] + "://" if "://" in version.url else ""
-    return ray.data.read_parquet(
-        [prefix + f for f in files], columns=TRAIN_COLUMNS, partitioning=None
-    )
+    # select_columns, not read_parquet(columns=) (deprecated): Ray pushes the projection into
+    # the read, so `meta` is still never read
+    paths = [prefix + f for f in files]
+    return ray.data.read_parquet(paths, partitioning=None).select_columns(TRAIN_COLUMNS)
 
 
 def _decode_proxy(index: int, data: bytes) -> np.ndarray:
