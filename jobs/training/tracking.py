@@ -106,7 +106,7 @@ def _dataset_input(dataset: DatasetRef) -> Any:
     scheme = dataset.url.split("://")[0] if "://" in dataset.url else "local"
     return DatasetInput(
         Dataset(
-            name=dataset.url.rstrip("/").rsplit("/", 2)[-2] + "/" + dataset.url.rsplit("/", 1)[-1],
+            name="/".join(dataset.url.rstrip("/").split("/")[-2:]),  # <root name>/<version>
             # MLflow stores 36 characters of digest; the whole hash is the run's
             # `dataset.manifest_sha256` parameter
             digest=dataset.manifest_sha256[:36],
