@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 OBJECTIVES = ("product", "additive")
+WEIGHTS = ("kl_weight", "recon_weight", "aux_weight", "score_weight", "locate_weight")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -47,11 +48,14 @@ class ObjectiveConfig:
     aux_weight: float = 0.0  # weight of the per-glimpse cross-entropy (the reference has none)
     # weight of the score-function (REINFORCE) term for the glimpse locations; 0: pathwise only
     score_weight: float = 0.0
+    # weight of the supervised location term (`location_nll`): the heat map is told which cells
+    # hold an object, from the dataset's boxes. Not the paper's (its location is unsupervised)
+    locate_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
             raise ValueError(f"unknown objective kind {self.kind!r}; use one of {OBJECTIVES}")
-        for name in ("kl_weight", "recon_weight", "aux_weight", "score_weight"):
+        for name in WEIGHTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -67,11 +71,11 @@ class LossParts:
     aux_ce: torch.Tensor
     accuracy: torch.Tensor
     score: torch.Tensor | None = None  # the score-function surrogate (0 when unused)
+    locate: torch.Tensor | None = None  # the supervised location NLL (None when unused)
 
     def as_floats(self) -> dict[str, float]:
         names = ("total", "ce", "kl", "recon", "aux_ce", "accuracy")
-        if self.score is not None:
-            names += ("score",)
+        names += tuple(n for n in ("score", "locate") if getattr(self, n) is not None)
         return {name: float(getattr(self, name).detach()) for name in names}
 
 
@@ -123,9 +127,12 @@ def saccader_objective(
     config: ObjectiveConfig,
     log_q_BT: torch.Tensor | None = None,
     glimpse_targets_BK: torch.Tensor | None = None,
+    locate_nll_BT: torch.Tensor | None = None,
 ) -> LossParts:
     """Combine the saccader's terms into `product` or `additive` (see the module docstring),
-    plus the weighted score-function term when `log_q_BT` is given (`score_function_term`).
+    plus the weighted score-function term when `log_q_BT` is given (`score_function_term`)
+    and the weighted supervised location term when `locate_nll_BT` is (`location_nll`: NaN
+    where a glimpse had no object left to find, left out of the mean).
 
     `glimpse_targets_BK`: per sample, the classes a single glimpse may rightly name (bool, over
     the glimpse logits' classes); default: the label alone. A two-digit pair's are its digits,
@@ -149,6 +156,11 @@ def saccader_objective(
     if config.score_weight > 0 and log_q_BT is not None and glimpse_logits_BTK is not None:
         score = score_function_term(log_q_BT, log_p_BT, ce_B)
         total = total + config.score_weight * score
+    locate = None
+    if locate_nll_BT is not None:
+        found_BT = ~locate_nll_BT.isnan()
+        locate = locate_nll_BT[found_BT].sum() / found_BT.sum().clamp_min(1)
+        total = total + config.locate_weight * locate
     return LossParts(
         total=total,
         ce=ce_B.mean().detach(),
@@ -157,7 +169,20 @@ def saccader_objective(
         aux_ce=aux_ce.detach(),
         accuracy=accuracy(logits_BK, labels_B),
         score=score.detach(),
+        locate=None if locate is None else locate.detach(),
     )
+
+
+def location_nll(log_q_BTG: torch.Tensor, object_cells_BG: torch.Tensor) -> torch.Tensor:
+    """−log Σ_{g holds an object} q_t(g): per glimpse (B×T), how far the heat map's posterior is
+    from the cells that hold an object's centre (any object: with several, each glimpse may take
+    any that an earlier glimpse has not covered). Cells that inhibition of return masked out
+    (log q ≈ −1e4) are not targets; a glimpse with no target left gets NaN (no term)."""
+    targets_BTG = object_cells_BG[:, None, :] & (log_q_BTG > -1e3)
+    # a finite fill: a row of −inf would give NaN gradients even where its term is left out
+    masked_BTG = log_q_BTG.masked_fill(~targets_BTG, -1e9)
+    nll_BT = -torch.logsumexp(masked_BTG, dim=2)
+    return nll_BT.masked_fill(~targets_BTG.any(dim=2), float("nan"))
 
 
 def glimpse_log_likelihood(

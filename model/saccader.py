@@ -30,6 +30,7 @@ from model.loss import (
     LossParts,
     ObjectiveConfig,
     gaussian_kl,
+    location_nll,
     reconstruction_nll,
     saccader_objective,
 )
@@ -50,6 +51,8 @@ class SaccaderOutput:
     log_q_BT: torch.Tensor  # log q of the sampled choice (heatmap: the cell), for the score term
     # proxy reconstruction (Bernoulli logits or Gaussian means); None when not asked for
     recon_BTCHW: torch.Tensor | None
+    # heat map: each glimpse's whole log q(cell) (the supervised location term); else None
+    log_q_BTG: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,6 +63,7 @@ class _Location:
     boxes_B4: torch.Tensor
     kl_B: torch.Tensor
     log_q_B: torch.Tensor
+    log_q_BG: torch.Tensor | None = None  # heat map: the posterior over every cell
 
 
 @dataclass
@@ -159,6 +163,22 @@ class HeatmapLocator(nn.Module):
         # Per image, relative to its brightest cell: a gain then means the same margin over
         # the other cells whatever the exposure (a dim image's digits are still its blobs).
         return cells_BG / cells_BG.amax(dim=1, keepdim=True).clamp_min(1e-3), peaks_BG2
+
+    def object_cells(self, gt_boxes: list[torch.Tensor]) -> torch.Tensor:
+        """B×G: the cells holding the centre of at least one of the image's objects (N×4
+        normalised (y0, x0, y1, x1) boxes each; the grid spans the image, as the boxes do)."""
+        cells_BG = self.centres_G2.new_zeros(len(gt_boxes), self.grid**2, dtype=torch.bool)
+        for b, boxes_N4 in enumerate(gt_boxes):
+            if boxes_N4.numel() == 0:
+                continue
+            centre_N2 = torch.stack(
+                [(boxes_N4[:, 1] + boxes_N4[:, 3]) / 2, (boxes_N4[:, 0] + boxes_N4[:, 2]) / 2], 1
+            )
+            col_N, row_N = (
+                (centre_N2 * self.grid).long().clamp(0, self.grid - 1).to(cells_BG.device).T
+            )
+            cells_BG[b, row_N * self.grid + col_N] = True
+        return cells_BG
 
     def logits(
         self,
@@ -333,6 +353,9 @@ class Saccader(BatchClassifier):
             )
             if reconstruct
             else None,
+            log_q_BTG=torch.stack([s.log_q_BG for s in steps], dim=1)
+            if self.heatmap is not None
+            else None,
         )
 
     def _scene(self, proxy_BCHW: torch.Tensor, reader: RegionReader) -> _Scene:
@@ -414,12 +437,16 @@ class Saccader(BatchClassifier):
             centre_B2 = centre_B2 + torch.tanh(z.z_B3[:, 1:]) * (1 / self.heatmap.grid)
             kl_B = kl_B + z.kl_B3[:, 1:].sum(dim=1)
         z_B3 = torch.cat([z.z_B3[:, :1], centre_B2], dim=1)
-        return _Location(z_B3, centre_to_boxes(z_B3, scene.sizes, **sides), kl_B, cell.log_q_B)
+        boxes_B4 = centre_to_boxes(z_B3, scene.sizes, **sides)
+        return _Location(z_B3, boxes_B4, kl_B, cell.log_q_B, log_q_BG)
 
     def loss(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
         out = self(batch.proxy_BCHW, batch.region_reader())
         assert out.recon_BTCHW is not None  # reconstruct=True by default
         target_BCHW = resize_square(batch.proxy_BCHW, self.config.proxy_size)
+        locate_nll_BT = None
+        if objective.locate_weight > 0:
+            locate_nll_BT = self._locate_nll(out.log_q_BTG, batch.gt_boxes)
         return saccader_objective(
             logits_BK=out.logits_BK,
             labels_B=batch.labels_B,
@@ -431,7 +458,22 @@ class Saccader(BatchClassifier):
             glimpse_targets_BK=(
                 self.part_mask_KP[batch.labels_B] if self.part_head is not None else None
             ),
+            locate_nll_BT=locate_nll_BT,
         )
+
+    def _locate_nll(
+        self, log_q_BTG: torch.Tensor | None, gt_boxes: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The supervised location term's −log q_t(a cell holding an object's centre) per glimpse
+        (`location_nll`); it needs the heat map and the batch's object boxes."""
+        if self.heatmap is None or log_q_BTG is None:
+            raise ValueError("locate_weight > 0 needs model_cfg.locator=heatmap")
+        if gt_boxes is None:
+            raise ValueError(
+                "locate_weight > 0 needs object boxes in the dataset (its `boxes` column; for "
+                "photos: a labels CSV with x0,y0,x1,y1)"
+            )
+        return location_nll(log_q_BTG, self.heatmap.object_cells(gt_boxes))
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

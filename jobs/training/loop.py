@@ -59,6 +59,7 @@ def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
         recon_weight=cfg.recon_weight,
         aux_weight=cfg.aux_weight,
         score_weight=cfg.score_weight,
+        locate_weight=cfg.locate_weight,
     )
 
 

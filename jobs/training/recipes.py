@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.loss import OBJECTIVES
+from model.loss import OBJECTIVES, WEIGHTS
 
 
 @dataclass(kw_only=True)
@@ -29,6 +29,10 @@ class TrainConfig:
     recon_weight: float = 1.0  # λ on the proxy reconstruction (additive objective)
     aux_weight: float = 0.0  # weight of the per-glimpse auxiliary cross-entropy
     score_weight: float = 0.0  # weight of the score-function (REINFORCE) term on the locations
+    # weight of the supervised location term: the heat map learns which cells hold an object
+    # from the dataset's boxes (model.loss.location_nll). Not the paper's, whose location is
+    # learnt from the label alone; 0 keeps it so
+    locate_weight: float = 0.0
     # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
     # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
     glimpse_parts: bool = False
@@ -61,7 +65,7 @@ class TrainConfig:
         for name in ("warmup_steps", "seed", "max_failures", "picture_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("kl_weight", "recon_weight", "aux_weight", "score_weight"):
+        for name in WEIGHTS:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -85,12 +89,19 @@ class TrainConfig:
         straight-through gradient) nothing teaches it where to look, and it would only follow
         the KL to its prior (MODEL.md; BENCHMARKS.md "Localization", run B)."""
         cfg = self.model_cfg
-        unguided = self.score_weight == 0 and not cfg.get("straight_through")
+        unguided = (
+            self.score_weight == 0 and self.locate_weight == 0 and not cfg.get("straight_through")
+        )
         if cfg.get("locator") == "heatmap" and unguided:
             raise ValueError(
                 "model_cfg.locator=heatmap learns where to look only from the score-function "
-                "term: set score_weight > 0 (the CPU recipes use 1.0) or "
-                "model_cfg.straight_through=true"
+                "term: set score_weight > 0 (the CPU recipes use 1.0), locate_weight > 0 (from "
+                "the dataset's boxes) or model_cfg.straight_through=true"
+            )
+        if self.locate_weight > 0 and (self.model != "saccader" or cfg.get("locator") != "heatmap"):
+            raise ValueError(
+                "locate_weight > 0 trains the heat-map locator: it needs model=saccader and "
+                "model_cfg.locator=heatmap"
             )
 
     def images_per_epoch(self, split_images: int) -> int:
