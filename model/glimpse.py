@@ -339,3 +339,12 @@ def full_image_glimpse(
             _sample(source_1CHW, box_px_4[None], k_B=k_1, origin_B2=origin_12, window=window)
         )
     return torch.cat(glimpses, dim=0)
+
+
+def centres_inside(boxes_T4: torch.Tensor, objects_N4: torch.Tensor) -> torch.Tensor:
+    """T×N: whether glimpse box t holds the centre of object n (both normalised (y0, x0, y1, x1));
+    what a glimpse "hit" means throughout (hit-rate, per-glimpse object targets)."""
+    cy_N = (objects_N4[:, 0] + objects_N4[:, 2]) / 2
+    cx_N = (objects_N4[:, 1] + objects_N4[:, 3]) / 2
+    y0, x0, y1, x1 = (boxes_T4[:, i : i + 1] for i in range(4))  # each T×1
+    return (y0 <= cy_N) & (cy_N < y1) & (x0 <= cx_N) & (cx_N < x1)

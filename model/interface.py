@@ -25,6 +25,8 @@ class Batch:
     images_BCHW: torch.Tensor | None = None  # the originals whole, float in [0, 1] (baselines)
     # per element an N×4 tensor of object boxes, normalised (y0, x0, y1, x1) like the glimpse boxes
     gt_boxes: list[torch.Tensor] | None = None
+    # per element the N class indices of those objects (int64), where the dataset has them
+    gt_classes: list[torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -35,12 +37,14 @@ class Batch:
         """The tensors moved to `device` (a reader stays where it is: glimpses are moved)."""
         images = None if self.images_BCHW is None else self.images_BCHW.to(device)
         gt = None if self.gt_boxes is None else [b.to(device) for b in self.gt_boxes]
+        classes = None if self.gt_classes is None else [c.to(device) for c in self.gt_classes]
         return replace(
             self,
             proxy_BCHW=self.proxy_BCHW.to(device),
             labels_B=self.labels_B.to(device),
             images_BCHW=images,
             gt_boxes=gt,
+            gt_classes=classes,
         )
 
     def region_reader(self) -> RegionReader:

@@ -32,6 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from model.glimpse import centres_inside
+
 OBJECTIVES = ("product", "additive")
 WEIGHTS = ("kl_weight", "recon_weight", "aux_weight", "score_weight", "locate_weight")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -51,6 +53,9 @@ class ObjectiveConfig:
     # weight of the supervised location term (`location_nll`): the heat map is told which cells
     # hold an object, from the dataset's boxes. Not the paper's (its location is unsupervised)
     locate_weight: float = 0.0
+    # per-glimpse targets from the dataset's objects: a glimpse whose box holds an object's centre
+    # is asked that object's class, the others the label's (`object_targets`); not the paper's
+    object_targets: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -188,10 +193,12 @@ def location_nll(log_q_BTG: torch.Tensor, object_cells_BG: torch.Tensor) -> torc
 def glimpse_log_likelihood(
     glimpse_logits_BTK: torch.Tensor, targets_BK: torch.Tensor
 ) -> torch.Tensor:
-    """log p(glimpse t names one of the sample's target classes) = log Σ_{k ∈ targets} p(k | a_t),
-    B×T. With the label as the only target this is minus the cross-entropy."""
+    """log p(glimpse t names one of its target classes) = log Σ_{k ∈ targets} p(k | a_t), B×T.
+    `targets_BK`: per sample (B×K), or per glimpse (B×T×K, `object_targets`). With the label as
+    the only target this is minus the cross-entropy."""
     log_p_BTK = F.log_softmax(glimpse_logits_BTK, dim=2)
-    masked_BTK = log_p_BTK.masked_fill(~targets_BK[:, None, :], float("-inf"))
+    targets_BTK = targets_BK[:, None, :] if targets_BK.dim() == 2 else targets_BK
+    masked_BTK = log_p_BTK.masked_fill(~targets_BTK, float("-inf"))
     return torch.logsumexp(masked_BTK, dim=2)
 
 
@@ -210,3 +217,28 @@ def score_function_term(
     reward_BT = (log_p_BT - ce_B[:, None]).detach()
     advantage_BT = reward_BT - reward_BT.mean(dim=0, keepdim=True)
     return -(advantage_BT * log_q_BT).mean()
+
+
+def object_targets(
+    boxes_BT4: torch.Tensor,
+    gt_boxes: list[torch.Tensor],
+    gt_classes: list[torch.Tensor],
+    label_targets_BK: torch.Tensor,
+) -> torch.Tensor:
+    """B×T×K per-glimpse targets: the classes of the objects whose centres glimpse t's box holds
+    (`centres_inside`), or the sample's label targets where it holds none. Object classes index
+    the glimpse logits (the label's classes, or the parts' where the label has parts)."""
+    B, T, K = *boxes_BT4.shape[:2], label_targets_BK.shape[1]
+    targets_BTK = label_targets_BK[:, None, :].expand(B, T, K).clone()
+    for b, (objects_N4, classes_N) in enumerate(zip(gt_boxes, gt_classes, strict=True)):
+        if classes_N.numel() == 0:
+            continue
+        if int(classes_N.max()) >= K or int(classes_N.min()) < 0:
+            raise ValueError(
+                f"object classes {classes_N.tolist()} do not index the {K} per-glimpse classes"
+            )
+        inside_TN = centres_inside(boxes_BT4[b].detach(), objects_N4)
+        named_TK = (inside_TN.float() @ F.one_hot(classes_N, K).float()) > 0
+        hit_T = inside_TN.any(dim=1)
+        targets_BTK[b, hit_T] = named_TK[hit_T]
+    return targets_BTK

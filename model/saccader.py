@@ -31,6 +31,7 @@ from model.loss import (
     ObjectiveConfig,
     gaussian_kl,
     location_nll,
+    object_targets,
     reconstruction_nll,
     saccader_objective,
 )
@@ -447,6 +448,17 @@ class Saccader(BatchClassifier):
         locate_nll_BT = None
         if objective.locate_weight > 0:
             locate_nll_BT = self._locate_nll(out.log_q_BTG, batch.gt_boxes)
+        targets_BK = (
+            self.part_mask_KP[batch.labels_B]
+            if self.part_head is not None
+            else F.one_hot(batch.labels_B, out.glimpse_logits_BTK.shape[2]).bool()
+        )
+        if objective.object_targets:
+            if batch.gt_boxes is None or batch.gt_classes is None:
+                raise ValueError(
+                    "object_targets needs object boxes and classes in the dataset (its `boxes`)"
+                )
+            targets_BK = object_targets(out.boxes_BT4, batch.gt_boxes, batch.gt_classes, targets_BK)
         return saccader_objective(
             logits_BK=out.logits_BK,
             labels_B=batch.labels_B,
@@ -455,9 +467,7 @@ class Saccader(BatchClassifier):
             glimpse_logits_BTK=out.glimpse_logits_BTK,
             log_q_BT=out.log_q_BT,
             config=objective,
-            glimpse_targets_BK=(
-                self.part_mask_KP[batch.labels_B] if self.part_head is not None else None
-            ),
+            glimpse_targets_BK=targets_BK,
             locate_nll_BT=locate_nll_BT,
         )
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.glimpse import centred_boxes
+from model.glimpse import centred_boxes, centres_inside
 from model.interface import Batch, BatchClassifier
 from model.loss import LossParts, ObjectiveConfig
 
@@ -83,9 +83,5 @@ def hit_rate(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:
         if objects_N4.numel() == 0:
             hits.append(torch.zeros(boxes_T4.shape[0], dtype=torch.bool, device=boxes_T4.device))
             continue
-        cy_N = (objects_N4[:, 0] + objects_N4[:, 2]) / 2
-        cx_N = (objects_N4[:, 1] + objects_N4[:, 3]) / 2
-        y0, x0, y1, x1 = (boxes_T4[:, i : i + 1] for i in range(4))  # each T×1
-        inside_TN = (y0 <= cy_N) & (cy_N < y1) & (x0 <= cx_N) & (cx_N < x1)
-        hits.append(inside_TN.any(dim=1))
+        hits.append(centres_inside(boxes_T4, objects_N4).any(dim=1))
     return float(torch.cat(hits).float().mean())

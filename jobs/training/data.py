@@ -95,13 +95,14 @@ def _proxies(table: pa.Table) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def _gt_boxes(table: pa.Table) -> list[torch.Tensor]:
-    """Per image an N×4 tensor of (y0, x0, y1, x1), the model's box order."""
-    out = []
+def _gt_objects(table: pa.Table) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image an N×4 tensor of (y0, x0, y1, x1), the model's box order, and the N classes."""
+    boxes_out, classes_out = [], []
     for boxes in table.column("boxes").to_pylist():
         rows = [[b["y0"], b["x0"], b["y1"], b["x1"]] for b in boxes or []]
-        out.append(torch.tensor(rows, dtype=torch.float32).reshape(-1, 4))
-    return out
+        boxes_out.append(torch.tensor(rows, dtype=torch.float32).reshape(-1, 4))
+        classes_out.append(torch.tensor([b["cls"] for b in boxes or []], dtype=torch.int64))
+    return boxes_out, classes_out
 
 
 def table_to_batch(
@@ -118,11 +119,13 @@ def table_to_batch(
     labels = (
         table.column("label").to_pylist() if "label" in table.column_names else [0] * len(images)
     )
+    gt_boxes, gt_classes = _gt_objects(table) if "boxes" in table.column_names else (None, None)
     batch = Batch(
         proxy_BCHW=_proxies(table),
         labels_B=torch.tensor(labels, dtype=torch.int64),
         reader=TileRegionReader(images, threads=threads),
-        gt_boxes=_gt_boxes(table) if "boxes" in table.column_names else None,
+        gt_boxes=gt_boxes,
+        gt_classes=gt_classes,
     )
     return batch.to(device)
 

@@ -60,6 +60,7 @@ def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
         aux_weight=cfg.aux_weight,
         score_weight=cfg.score_weight,
         locate_weight=cfg.locate_weight,
+        object_targets=cfg.glimpse_objects,
     )
 
 

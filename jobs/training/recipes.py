@@ -33,6 +33,9 @@ class TrainConfig:
     # from the dataset's boxes (model.loss.location_nll). Not the paper's, whose location is
     # learnt from the label alone; 0 keeps it so
     locate_weight: float = 0.0
+    # saccader: a glimpse whose box holds an object's centre is asked that object's class (from
+    # the dataset's boxes), the others the label's (model.loss.object_targets); not the paper's
+    glimpse_objects: bool = False
     # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
     # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
     glimpse_parts: bool = False
@@ -323,8 +326,8 @@ def signs_cpu(dataset: str) -> TrainConfig:
             "heatmap_stride": 2,
             "glimpse_norm": "group",
         },
-        epochs=8,
-        batch_size=32,
+        epochs=3,
+        batch_size=16,
         lr=2e-3,
         warmup_steps=100,
         aux_weight=1.0,
@@ -399,6 +402,7 @@ def _baseline(
             aux_weight=0.0,
             score_weight=0.0,
             locate_weight=0.0,
+            glimpse_objects=False,
             glimpse_parts=False,
         )
 

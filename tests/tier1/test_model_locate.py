@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jobs.training.recipes import make_recipe
 from model.interface import Batch
-from model.loss import ObjectiveConfig, location_nll
+from model.loss import ObjectiveConfig, glimpse_log_likelihood, location_nll, object_targets
 from model.registry import create_model
 
 
@@ -101,3 +102,39 @@ def test_locate_weight_needs_boxes_and_the_heat_map() -> None:
         model.loss(batch, ObjectiveConfig(locate_weight=1.0))
     with pytest.raises(ValueError, match="locate_weight > 0 trains the heat-map locator"):
         make_recipe("tiny_cpu", "data/x/v0001", {"locate_weight": "1"})
+
+
+def test_object_targets_name_the_object_under_each_glimpse() -> None:
+    """Glimpse 1 holds object 0 (class 4), glimpse 2 holds nothing (the label, 7), glimpse 3
+    holds both objects (classes 4 and 2)."""
+    boxes_BT4 = torch.tensor([[[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 0.6, 0.6], [0.0, 0.0, 0.5, 0.5]]])
+    gt_boxes = [torch.tensor([_box(0.1, 0.1), _box(0.4, 0.4)])]
+    targets_BTK = object_targets(
+        boxes_BT4, gt_boxes, [torch.tensor([4, 2])], F.one_hot(torch.tensor([7]), 10).bool()
+    )
+    named = [targets_BTK[0, t].nonzero().flatten().tolist() for t in range(3)]
+    assert named == [[4], [7], [2, 4]]
+    with pytest.raises(ValueError, match="do not index"):
+        object_targets(boxes_BT4, gt_boxes, [torch.tensor([4, 12])], targets_BTK[:, 0])
+
+
+def test_object_targets_reach_the_glimpse_loss() -> None:
+    """The per-glimpse term follows the objects' classes, not the label, when asked."""
+    model = create_model("saccader_heatmap_test", num_classes=10, in_channels=1)
+    batch = _find_the_square_batch(torch.Generator().manual_seed(0))
+    # objects of class 5 everywhere on a 10×10 grid: every glimpse holds some
+    grid = [_box((i + 0.5) / 10, (j + 0.5) / 10, 0.01) for i in range(10) for j in range(10)]
+    batch.gt_boxes = [torch.tensor(grid) for _ in batch.gt_boxes]
+    batch.gt_classes = [torch.full((100,), 5) for _ in batch.gt_boxes]
+    torch.manual_seed(0)
+    plain = model.loss(batch, ObjectiveConfig(aux_weight=1.0)).aux_ce
+    torch.manual_seed(0)
+    out = model(batch.proxy_BCHW, batch.region_reader())
+    torch.manual_seed(0)
+    objects = model.loss(batch, ObjectiveConfig(aux_weight=1.0, object_targets=True)).aux_ce
+    targets_BTK = object_targets(
+        out.boxes_BT4, batch.gt_boxes, batch.gt_classes, F.one_hot(batch.labels_B, 10).bool()
+    )
+    expected = -glimpse_log_likelihood(out.glimpse_logits_BTK, targets_BTK).mean()
+    assert objects.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert targets_BTK[..., 5].any() and objects.item() != pytest.approx(plain.item())
