@@ -363,14 +363,16 @@ def megapixel_cpu(dataset: str) -> TrainConfig:
             "locator": "heatmap",
             "heatmap_stride": 2,
             "inhibit_return": True,
+            "heatmap_refine": True,
             "glimpse_norm": "group",
         },
-        epochs=10,
+        epochs=6,
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
         aux_weight=1.0,
         locate_weight=1.0,
+        glimpse_objects=True,
         kl_weight=0.1,
         recon_weight=0.01,
         picture_every=2,
@@ -458,10 +460,10 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     ),
     "megapixel_cpu": megapixel_cpu,
     "megapixel_cpu_resize224": _baseline(
-        "resnet18_resize224", megapixel_cpu, SMALL_RESNET, epochs=5
+        "resnet18_resize224", megapixel_cpu, SMALL_RESNET, epochs=2
     ),
     "megapixel_cpu_proxy_only": _baseline(
-        "proxy_only", megapixel_cpu, {**SMALL_RESNET, "proxy_size": 180}, epochs=10
+        "proxy_only", megapixel_cpu, {**SMALL_RESNET, "proxy_size": 180}, epochs=6
     ),
     # 3×3 patches of 500 px; one epoch of a budget of images, as for the signs
     "megapixel_cpu_patches": _baseline(
@@ -469,7 +471,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
         megapixel_cpu,
         {**CPU_PATCHES, "patch_size": 500},
         epochs=1,
-        train_images=1500,
+        train_images=800,
     ),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
