@@ -78,6 +78,11 @@ class SaccaderConfig:
     # Normalisation in the glimpse encoder: "batch" (BatchNorm) or "group" (GroupNorm: the same
     # per-example statistics in training and at inference, whatever the other glimpses hold).
     glimpse_norm: str = "batch"
+    # ε of those norms. A blank glimpse (black canvas, as most of megapixel MNIST) has zero
+    # variance in every group, so each norm scales its gradient by 1/√ε: at the default 1e-5 the
+    # glimpse encoder's gradients reached ~1e9 and its classifier never learnt; 0.1 keeps them at
+    # the head's scale (BENCHMARKS.md, "Headline").
+    glimpse_norm_eps: float = 1e-5
     # Boxes at least this many windows wide are pooled by a multiple of it and read from the
     # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
     pooled_level: int = 8
@@ -139,6 +144,8 @@ class SaccaderConfig:
             raise ValueError(
                 f"glimpse_norm must be one of {GLIMPSE_NORMS}, got {self.glimpse_norm!r}"
             )
+        if not self.glimpse_norm_eps > 0:
+            raise ValueError(f"glimpse_norm_eps must be > 0, got {self.glimpse_norm_eps}")
         if self.heatmap_saliency < 0:
             raise ValueError(f"heatmap_saliency must be >= 0, got {self.heatmap_saliency}")
 

@@ -5,6 +5,7 @@ Shape legend: B batch, C channels, H height, W width, F feature width.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -41,10 +42,10 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, act: Activation = elu) -> nn
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), act(), nn.Linear(hidden_dim, out_dim))
 
 
-def group_norm(channels: int) -> nn.Module:
+def group_norm(channels: int, eps: float = 1e-5) -> nn.Module:
     """Group norm (8 groups, or fewer where 8 does not divide `channels`): per-example
     statistics, the same in training and at inference."""
-    return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.GroupNorm(math.gcd(8, channels), channels, eps=eps)
 
 
 NORMS: dict[str, Norm] = {"batch": nn.BatchNorm2d, "group": group_norm}
@@ -111,9 +112,10 @@ class SmallResNet(nn.Module):
         blocks: list[int],
         act: Activation = elu,
         norm: str = "batch",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        norm_layer = NORMS[norm]
+        norm_layer = functools.partial(NORMS[norm], eps=norm_eps)
         self.stem = nn.Sequential(
             nn.Conv2d(in_ch, width, 3, padding=1, bias=False), norm_layer(width), act()
         )

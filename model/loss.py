@@ -56,6 +56,9 @@ class ObjectiveConfig:
     # per-glimpse targets from the dataset's objects: a glimpse whose box holds an object's centre
     # is asked that object's class, the others the label's (`object_targets`); not the paper's
     object_targets: bool = False
+    # training glimpses drawn from q restricted to the cells that hold an object (where any is
+    # left), so the glimpse classifier reads objects while q still learns where they are
+    guide_glimpses: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:

@@ -220,11 +220,19 @@ class HeatmapLocator(nn.Module):
         sample: bool,
         straight_through: bool,
         centres_BG2: torch.Tensor | None = None,
+        guide_BG: torch.Tensor | None = None,
     ) -> _Cell:
         """A cell drawn from q (training) or its mode (inference), and what comes with it: its
-        centre, or its entry of `centres_BG2` (per image: the brightest blob's, `refine`)."""
+        centre, or its entry of `centres_BG2` (per image: the brightest blob's, `refine`).
+        `guide_BG` (training, `guide_glimpses`): draw from q restricted to those cells where an
+        image has one left; the KL and log q stay the whole posterior's."""
         if sample:
-            cell_B = torch.distributions.Categorical(logits=log_q_BG).sample()
+            draw_BG = log_q_BG
+            if guide_BG is not None:
+                allowed_BG = guide_BG & (log_q_BG > -1e3)  # not masked by inhibition of return
+                allowed_BG |= ~allowed_BG.any(dim=1, keepdim=True)  # none left: the whole q
+                draw_BG = log_q_BG.detach().masked_fill(~allowed_BG, -1e9)
+            cell_B = torch.distributions.Categorical(logits=draw_BG).sample()
         else:
             cell_B = log_q_BG.argmax(dim=1)
         one_hot_BG = F.one_hot(cell_B, log_q_BG.shape[1]).to(log_q_BG.dtype)
@@ -261,7 +269,11 @@ class Saccader(BatchClassifier):
         # batch statistics per step in training but running ones shared by all steps at
         # inference would differ, hence `glimpse_norm` ("group": per-example statistics).
         self.glimpse_encoder = SmallResNet(
-            config.in_channels, L, **encoder, norm=config.glimpse_norm
+            config.in_channels,
+            L,
+            **encoder,
+            norm=config.glimpse_norm,
+            norm_eps=config.glimpse_norm_eps,
         )
         core_in = 3 * L if config.feed_glimpse else 2 * L
         self.core = nn.LSTM(core_in, L, num_layers=LSTM_LAYERS, batch_first=True)
@@ -315,9 +327,11 @@ class Saccader(BatchClassifier):
         *,
         sample: bool | None = None,
         reconstruct: bool = True,
+        guide_BG: torch.Tensor | None = None,
     ) -> SaccaderOutput:
         """T glimpses and the class scores. `sample`: draw z from q (default: in training).
-        `reconstruct`: decode the proxy (the bound's term; a prediction does not need it)."""
+        `reconstruct`: decode the proxy (the bound's term; a prediction does not need it).
+        `guide_BG`: the cells sampled glimpses are drawn among (`HeatmapLocator.choose`)."""
         sample = self.training if sample is None else sample
         cfg = self.config
         f_BL = self.proxy_encoder(resize_square(proxy_BCHW, cfg.proxy_size))
@@ -326,7 +340,8 @@ class Saccader(BatchClassifier):
         a, recon, steps = [], [], []
         for _ in range(cfg.glimpses):
             h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
-            where = self._locate(f_BL, h_BL, scene, [s.boxes_B4 for s in steps], sample=sample)
+            visited = [s.boxes_B4 for s in steps]
+            where = self._locate(f_BL, h_BL, scene, visited, sample=sample, guide_BG=guide_BG)
             g_BL = self.glimpse_encoder(
                 read_glimpses(reader, where.boxes_B4, cfg.window, level=cfg.pooled_level)
             )
@@ -404,6 +419,7 @@ class Saccader(BatchClassifier):
         visited: list[torch.Tensor],
         *,
         sample: bool,
+        guide_BG: torch.Tensor | None = None,
     ) -> _Location:
         """Where glimpse t looks. The paper's locator: z = (scale, x, y) from the Gaussian
         posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
@@ -428,6 +444,7 @@ class Saccader(BatchClassifier):
             sample=sample,
             straight_through=cfg.straight_through,
             centres_BG2=scene.peaks_BG2,
+            guide_BG=guide_BG,
         )
         z = self._gaussian(
             torch.cat([f_BL, h_BL, cell.key_BL.detach()], dim=1), h_BL, sample=sample
@@ -442,7 +459,10 @@ class Saccader(BatchClassifier):
         return _Location(z_B3, boxes_B4, kl_B, cell.log_q_B, log_q_BG)
 
     def loss(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
-        out = self(batch.proxy_BCHW, batch.region_reader())
+        guide_BG = None
+        if objective.guide_glimpses:
+            guide_BG = self._object_cells(batch.gt_boxes, "guide_glimpses")
+        out = self(batch.proxy_BCHW, batch.region_reader(), guide_BG=guide_BG)
         assert out.recon_BTCHW is not None  # reconstruct=True by default
         target_BCHW = resize_square(batch.proxy_BCHW, self.config.proxy_size)
         locate_nll_BT = None
@@ -476,14 +496,21 @@ class Saccader(BatchClassifier):
     ) -> torch.Tensor:
         """The supervised location term's −log q_t(a cell holding an object's centre) per glimpse
         (`location_nll`); it needs the heat map and the batch's object boxes."""
-        if self.heatmap is None or log_q_BTG is None:
-            raise ValueError("locate_weight > 0 needs model_cfg.locator=heatmap")
+        assert log_q_BTG is not None or self.heatmap is None
+        cells_BG = self._object_cells(gt_boxes, "locate_weight > 0")
+        assert log_q_BTG is not None
+        return location_nll(log_q_BTG, cells_BG)
+
+    def _object_cells(self, gt_boxes: list[torch.Tensor] | None, what: str) -> torch.Tensor:
+        """The heat-map cells holding an object's centre, for a term that needs them (`what`)."""
+        if self.heatmap is None:
+            raise ValueError(f"{what} needs model_cfg.locator=heatmap")
         if gt_boxes is None:
             raise ValueError(
-                "locate_weight > 0 needs object boxes in the dataset (its `boxes` column; for "
-                "photos: a labels CSV with x0,y0,x1,y1)"
+                f"{what} needs object boxes in the dataset (its `boxes` column; for photos: a "
+                "labels CSV with x0,y0,x1,y1)"
             )
-        return location_nll(log_q_BTG, self.heatmap.object_cells(gt_boxes))
+        return self.heatmap.object_cells(gt_boxes)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

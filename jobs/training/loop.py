@@ -61,6 +61,7 @@ def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
         score_weight=cfg.score_weight,
         locate_weight=cfg.locate_weight,
         object_targets=cfg.glimpse_objects,
+        guide_glimpses=cfg.guide_glimpses,
     )
 
 

@@ -36,6 +36,9 @@ class TrainConfig:
     # saccader: a glimpse whose box holds an object's centre is asked that object's class (from
     # the dataset's boxes), the others the label's (model.loss.object_targets); not the paper's
     glimpse_objects: bool = False
+    # saccader: training glimpses are drawn among the cells holding an object (dataset boxes);
+    # inference uses the posterior alone (model.saccader.HeatmapLocator.choose); not the paper's
+    guide_glimpses: bool = False
     # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
     # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
     glimpse_parts: bool = False
@@ -365,14 +368,16 @@ def megapixel_cpu(dataset: str) -> TrainConfig:
             "inhibit_return": True,
             "heatmap_refine": True,
             "glimpse_norm": "group",
+            "glimpse_norm_eps": 0.1,  # most glimpses of a black canvas are blank
         },
-        epochs=6,
+        epochs=3,
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
         aux_weight=1.0,
-        locate_weight=1.0,
+        locate_weight=5.0,
         glimpse_objects=True,
+        guide_glimpses=True,
         kl_weight=0.1,
         recon_weight=0.01,
         picture_every=2,
@@ -405,6 +410,7 @@ def _baseline(
             score_weight=0.0,
             locate_weight=0.0,
             glimpse_objects=False,
+            guide_glimpses=False,
             glimpse_parts=False,
         )
 
