@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from jobs.training.recipes import make_recipe
 from model.interface import Batch
+from model.layers import SmallResNet
 from model.loss import ObjectiveConfig, glimpse_log_likelihood, location_nll, object_targets
 from model.registry import create_model
+from model.step import hit_rate
 
 
 def _box(cy: float, cx: float, half: float = 0.02) -> list[float]:
@@ -138,3 +140,37 @@ def test_object_targets_reach_the_glimpse_loss() -> None:
     expected = -glimpse_log_likelihood(out.glimpse_logits_BTK, targets_BTK).mean()
     assert objects.item() == pytest.approx(expected.item(), rel=1e-5)
     assert targets_BTK[..., 5].any() and objects.item() != pytest.approx(plain.item())
+
+
+def test_guided_training_glimpses_hold_the_objects() -> None:
+    """guide_glimpses: an untrained heat map's training glimpses land on the object every time;
+    unguided they mostly miss it, and inference ignores the guide."""
+    torch.manual_seed(0)
+    model = create_model(
+        "saccader_heatmap_test",
+        num_classes=2,
+        in_channels=1,
+        min_image_fraction=0.25,
+        max_image_fraction=0.25,
+    )
+    batch = _find_the_square_batch(torch.Generator().manual_seed(3))
+    guide_BG = model.heatmap.object_cells(batch.gt_boxes)
+    model.train()
+    guided = model(batch.proxy_BCHW, batch.region_reader(), guide_BG=guide_BG)
+    free = model(batch.proxy_BCHW, batch.region_reader())
+    assert hit_rate(guided.boxes_BT4[:, :1], batch.gt_boxes) == 1.0
+    assert hit_rate(free.boxes_BT4[:, :1], batch.gt_boxes) <= 0.5
+    parts = model.loss(batch, ObjectiveConfig(guide_glimpses=True, locate_weight=1.0))
+    assert torch.isfinite(parts.total)
+
+
+def test_a_blank_glimpse_keeps_the_group_norm_gradients_bounded() -> None:
+    """A glimpse of black canvas has zero variance in every group: each GroupNorm then scales
+    its gradient by 1/√ε (the reason for glimpse_norm_eps)."""
+    grads = {}
+    for eps in (1e-5, 0.1):
+        torch.manual_seed(0)
+        encoder = SmallResNet(1, 16, width=16, blocks=[1, 1, 1], norm="group", norm_eps=eps)
+        encoder(torch.zeros(4, 1, 32, 32)).pow(2).sum().backward()
+        grads[eps] = max(p.grad.abs().max().item() for p in encoder.parameters())
+    assert grads[1e-5] > 1e4 * grads[0.1], grads
