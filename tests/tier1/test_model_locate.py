@@ -59,6 +59,17 @@ def _find_the_square_batch(generator: torch.Generator) -> Batch:
     )
 
 
+def _square_finder() -> torch.nn.Module:
+    """A tiny heat-map saccader whose boxes (a quarter of the side) can hold the square."""
+    return create_model(
+        "saccader_heatmap_test",
+        num_classes=2,
+        in_channels=1,
+        min_image_fraction=0.25,
+        max_image_fraction=0.25,
+    )
+
+
 def _first_glimpse_hits(model: torch.nn.Module, batch: Batch) -> float:
     model.eval()
     boxes_B4 = model.predict(batch).boxes_BT4[:, 0]
@@ -75,13 +86,7 @@ def test_the_location_term_teaches_the_heat_map_where_the_object_is() -> None:
     hit_rates = {}
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        model = create_model(
-            "saccader_heatmap_test",
-            num_classes=2,
-            in_channels=1,
-            min_image_fraction=0.25,
-            max_image_fraction=0.25,
-        )
+        model = _square_finder()
         optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
         generator = torch.Generator().manual_seed(1)
         objective = ObjectiveConfig(kl_weight=0.01, recon_weight=0.0, locate_weight=weight)
@@ -144,15 +149,9 @@ def test_object_targets_reach_the_glimpse_loss() -> None:
 
 def test_guided_training_glimpses_hold_the_objects() -> None:
     """guide_glimpses: an untrained heat map's training glimpses land on the object every time;
-    unguided they mostly miss it, and inference ignores the guide."""
+    unguided they mostly miss it."""
     torch.manual_seed(0)
-    model = create_model(
-        "saccader_heatmap_test",
-        num_classes=2,
-        in_channels=1,
-        min_image_fraction=0.25,
-        max_image_fraction=0.25,
-    )
+    model = _square_finder()
     batch = _find_the_square_batch(torch.Generator().manual_seed(3))
     guide_BG = model.heatmap.object_cells(batch.gt_boxes)
     model.train()
