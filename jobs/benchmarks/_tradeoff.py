@@ -27,6 +27,7 @@ from jobs.benchmarks._common import infer_stored, machine, table, time_inference
 from jobs.training.packaging import INPUT_COLUMNS
 
 BATCHES = (1, 16)
+PICTURE_IMAGES = 8  # test images in a saccader's glimpse picture
 # What a request carries, less the proxy's size (the proxy is decoded whole)
 STORED_COLUMNS = [c for c in INPUT_COLUMNS if c not in ("proxy_height", "proxy_width")]
 # What each model class is in the table (model.config's classes by name).
@@ -155,21 +156,65 @@ def measure_model(model_uri: str, dataset: str, args: argparse.Namespace) -> dic
     return out
 
 
+def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Namespace) -> dict:
+    """The model's glimpses on the first `images` test images (proxy and original, numbered
+    boxes, ground truth, predicted and true class), drawn to ``args.out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from jobs.training.data import table_to_batch
+    from jobs.training.pictures import class_name, glimpse_picture
+    from pipelines.storage import DatasetVersion
+
+    model = _load_model(model_uri, args.threads)
+    version = DatasetVersion.open(dataset)
+    with version.fs.open(version.files("test")[0], "rb") as f:
+        # one record batch of the first rows: a test shard of 4000×3000 images is gigabytes
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=images))
+    batch = table_to_batch(pa.Table.from_batches([first]), threads=args.threads)
+    with torch.no_grad():
+        prediction = model.predict(batch)
+    if prediction.boxes_BT4 is None:
+        raise ValueError(f"{model_uri} has no glimpses to draw")
+    names = version.manifest.get("class_names")
+    glimpse_picture(
+        batch,
+        prediction.boxes_BT4,
+        predicted=[class_name(int(k), names) for k in prediction.labels_B],
+        truth=[class_name(int(k), names) for k in batch.labels_B],
+        title=args.title,
+    ).save(args.out)
+    return {"picture": args.out}
+
+
+def draw_picture(model_uri: str, dataset: str, path: str, title: str, threads: int) -> None:
+    """`picture_worker` in a worker process of its own, as the measurements are."""
+    cmd = [sys.executable, "-m", "jobs.benchmarks._tradeoff", "--worker", "picture"]
+    cmd += [model_uri, dataset, str(PICTURE_IMAGES), "--threads", str(threads)]
+    worker_json([*cmd, "--out", path, "--title", title], f"{model_uri} picture")
+
+
 def run_worker(argv: Sequence[str]) -> int:
-    """``--worker time|coverage MODEL_URI DATASET BATCH [settings]``: print one JSON line."""
+    """``--worker time|coverage|picture MODEL_URI DATASET BATCH [settings]``: print one JSON
+    line (BATCH is the number of images for a picture)."""
     p = argparse.ArgumentParser(prog="tradeoff worker")
-    p.add_argument("what", choices=["time", "coverage"])
+    p.add_argument("what", choices=["time", "coverage", "picture"])
     p.add_argument("model_uri")
     p.add_argument("dataset")
     p.add_argument("batch", type=int)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=30.0)
+    p.add_argument("--out", help="picture: the PNG to write")
+    p.add_argument("--title", default="", help="picture: its title")
     a = p.parse_args(argv)
     if a.what == "time":
         result = time_worker(a.model_uri, a.dataset, a.batch, a)
-    else:
+    elif a.what == "coverage":
         result = coverage_worker(a.model_uri, a.dataset, a)
+    else:
+        result = picture_worker(a.model_uri, a.dataset, a.batch, a)
     print(json.dumps(result))
     return 0
 

@@ -46,6 +46,7 @@ from jobs.benchmarks._common import write_json
 from jobs.benchmarks._tradeoff import (
     BATCHES,
     KINDS,
+    draw_picture,
     format_table,
     measure_model,
     tradeoff_json,
@@ -73,6 +74,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "key covers the dataset, recipe, seed and --set, not the code)",
     )
     p.add_argument("--json", help="write the rows and the run's details to this file")
+    p.add_argument(
+        "--pictures",
+        metavar="DIR",
+        help="draw each saccader's glimpses on the first test images into "
+        "DIR/<recipe>-seed<N>_glimpses.png",
+    )
     p.add_argument("--storage", default=os.environ.get("SACCADE_CHECKPOINTS", "checkpoints"))
     p.add_argument("--experiment", default="saccade", help="MLflow experiment of the trainings")
     p.add_argument("--num-cpus", type=int, help="CPUs for each training's local Ray")
@@ -284,6 +291,16 @@ def run_model(
     return record
 
 
+def _picture(plan: ModelPlan, record: dict[str, Any], args: argparse.Namespace) -> None:
+    """The trained glimpses on the first test images (redrawn on every run: it is cheap)."""
+    Path(args.pictures).mkdir(parents=True, exist_ok=True)
+    path = str(Path(args.pictures) / f"{plan.recipe}-seed{plan.seed}_glimpses.png")
+    accuracy = record["evaluate"]["accuracy"]
+    title = f"{plan.recipe}, seed {plan.seed}: test images (test accuracy {accuracy:.3f})"
+    draw_picture(record["train"]["model_uri"], args.dataset, path, title, args.threads)
+    _say(f"{plan.recipe} seed {plan.seed}")(f"glimpse picture: {path}")
+
+
 def _train_phase(
     plan: ModelPlan, dataset: str, args: argparse.Namespace, state: State, say: Any
 ) -> dict[str, Any]:
@@ -352,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for i, plan in enumerate(plans, start=1):
         record = run_model(plan, f"{i}/{len(plans)}", args.dataset, args, state)
+        if args.pictures and plan.kind == "saccader":
+            _picture(plan, record, args)
         rows.append(
             tradeoff_row(
                 model=plan.kind,

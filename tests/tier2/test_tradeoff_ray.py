@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from jobs.benchmarks._tradeoff import ROW_FIELDS
 
@@ -46,7 +47,9 @@ def dataset(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_dataset(config, progress=lambda _: None).url
 
 
-def _benchmark(dataset: str, tmp_path: Path, out: str) -> tuple[subprocess.CompletedProcess, float]:
+def _benchmark(
+    dataset: str, tmp_path: Path, out: str, *extra: str
+) -> tuple[subprocess.CompletedProcess, float]:
     import ray
 
     env = {
@@ -59,7 +62,7 @@ def _benchmark(dataset: str, tmp_path: Path, out: str) -> tuple[subprocess.Compl
     cmd = [sys.executable, "-m", "jobs.benchmark", "tradeoff", "--dataset", dataset]
     cmd += ["--recipes", ",".join(RECIPES), "--seeds", "0,1", "--set", "epochs=1"]
     cmd += ["--state", str(tmp_path / "state"), "--storage", str(tmp_path / "ckpt")]
-    cmd += ["--json", str(tmp_path / out), "--repeats", "1"]
+    cmd += ["--json", str(tmp_path / out), "--repeats", "1", *extra]
     start = time.perf_counter()
     result = subprocess.run(
         cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
@@ -109,7 +112,7 @@ def _check_row(row: dict, recipe: str, seed: int, tmp_path: Path) -> None:
 
 
 def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> None:
-    first, _ = _benchmark(dataset, tmp_path, "first.json")
+    first, _ = _benchmark(dataset, tmp_path, "first.json", "--pictures", str(tmp_path / "pics"))
     figures = json.loads((tmp_path / "first.json").read_text())
     assert figures["dataset"] == dataset and figures["source"] == "cluttered_mnist"
     assert figures["image_size"] == {"height": 128, "width": 128, "channels": 1}
@@ -127,6 +130,11 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
         assert first.stdout.count(phase) == 3, phase
     assert re.search(r"\|\s+saccader \|", first.stdout)
     assert re.search(r"\|\s+every pixel \|", first.stdout)
+    # A glimpse picture of the test images per saccader, none for the baselines.
+    pictures = sorted(p.name for p in (tmp_path / "pics").iterdir())
+    assert pictures == ["tiny_cpu-seed0_glimpses.png", "tiny_cpu-seed1_glimpses.png"]
+    with Image.open(tmp_path / "pics" / pictures[0]) as picture:
+        assert picture.width > 200 and picture.height > 200
     versions = _versions(tmp_path)
 
     # A rerun with the same state retrains and re-measures nothing: the same rows, in seconds.
