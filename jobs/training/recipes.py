@@ -456,19 +456,24 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
         "proxy_only", detail_cpu, {**SMALL_RESNET, "proxy_size": 100}
     ),
     "signs_cpu": signs_cpu,
-    # one epoch: at 224 px the sign is 2–6 px and its number under 2 px, nothing to read; an
-    # epoch decodes every tile of 2,000 photos of 12 MP
-    "signs_cpu_resize224": _baseline("resnet18_resize224", signs_cpu, SMALL_RESNET, epochs=1),
+    # at 224 px the sign is 2–6 px and its number under 2 px, nothing to read: a budget of 400
+    # photos (each step decodes every tile of 12 MP photos) gives its accuracy and its cost
+    "signs_cpu_resize224": _baseline(
+        "resnet18_resize224", signs_cpu, SMALL_RESNET, epochs=1, train_images=400
+    ),
     "signs_cpu_proxy_only": _baseline(
         "proxy_only", signs_cpu, {**SMALL_RESNET, "proxy_size": 256}, epochs=8
     ),
-    # 8×6 patches of 500 px: ~12 MP an image, so one epoch reads a budget of images
+    # 8×6 patches of 500 px: ~12 MP an image, so one epoch reads a budget of images (a short
+    # one: BENCHMARKS.md, "Street signs"); batches of 4 (192 patches' activations held for
+    # backward: ~4 GB)
     "signs_cpu_patches": _baseline(
         "resnet18_patches",
         signs_cpu,
         {**CPU_PATCHES, "patch_size": 500},
         epochs=1,
-        train_images=300,
+        batch_size=4,
+        train_images=80,
     ),
     "megapixel_cpu": megapixel_cpu,
     "megapixel_cpu_resize224": _baseline(
@@ -477,12 +482,14 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "megapixel_cpu_proxy_only": _baseline(
         "proxy_only", megapixel_cpu, {**SMALL_RESNET, "proxy_size": 180}, epochs=6
     ),
-    # 3×3 patches of 500 px; one epoch of 1,500 images: about the saccader's training seconds
+    # 3×3 patches of 500 px; one epoch of 1,500 images: about the saccader's training seconds;
+    # batches of 8 (72 patches' activations held for backward: ~2 GB)
     "megapixel_cpu_patches": _baseline(
         "resnet18_patches",
         megapixel_cpu,
         {**CPU_PATCHES, "patch_size": 500},
         epochs=1,
+        batch_size=8,
         train_images=1500,
     ),
     "cluttered_2528_gpu": cluttered_2528_gpu,

@@ -69,6 +69,7 @@ def start_or_resume_run(
         [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
     )
     if runs:
+        _check_same_training(run_name, runs[0].data.params, params)
         client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
     tags = {RUN_NAME_TAG: run_name, **source_tags()}
@@ -79,6 +80,41 @@ def start_or_resume_run(
     if dataset is not None:
         client.log_inputs(run.info.run_id, datasets=[_dataset_input(dataset)])
     return run.info.run_id
+
+
+# What may change between the attempts of one run: where and how it runs, how long it goes on,
+# the code's commit. Everything else in `train.*` and `dataset.*` is what is being trained.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.epochs",
+        "train.num_workers",
+        "train.cpus_per_worker",
+        "train.use_gpu",
+        "train.max_failures",
+        "train.picture_every",
+        "train.picture_images",
+        "git_commit",
+    }
+)
+
+
+def _check_same_training(
+    run_name: str, logged: Mapping[str, str], params: Mapping[str, Any]
+) -> None:
+    """Resuming `run_name` with another training configuration would continue its checkpoint
+    under the first attempt's logged parameters: refuse, naming what differs."""
+    changed = sorted(
+        k
+        for k in logged.keys() | params.keys()
+        if k not in RESUMABLE_CHANGES
+        and logged.get(k) != (None if k not in params else str(params[k])[:6000])
+    )
+    if changed:
+        detail = ", ".join(f"{k}: {logged.get(k)} → {params.get(k)}" for k in changed[:5])
+        raise ValueError(
+            f"run {run_name!r} was started with another configuration ({detail}); resuming it "
+            "would mix the two: give the new training another --name, or delete the old run"
+        )
 
 
 def source_tags() -> dict[str, str]:

@@ -1,0 +1,50 @@
+"""Resuming a run by name: the same training may go on (longer, on other workers, after a code
+change), another configuration under the same name is refused instead of being logged under the
+first attempt's parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.training.tracking import ensure_experiment, start_or_resume_run
+
+FIRST = {
+    "train.batch_size": 32,
+    "train.epochs": 3,
+    "train.num_workers": 1,
+    "dataset.url": "data/mpx/v0001",
+    "git_commit": "aaaa",
+}
+
+
+@pytest.fixture
+def experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # the embedded artifact root
+    return ensure_experiment("resume")
+
+
+def test_the_same_training_resumes_its_run(experiment: str) -> None:
+    run_id = start_or_resume_run(experiment, "r", FIRST)
+    assert start_or_resume_run(experiment, "r", FIRST) == run_id
+    longer = {**FIRST, "train.epochs": 6, "train.num_workers": 2, "git_commit": "bbbb"}
+    assert start_or_resume_run(experiment, "r", longer) == run_id
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"train.batch_size": 8}, "train.batch_size: 32 → 8"),
+        ({"dataset.url": "data/mpx/v0002"}, "dataset.url: data/mpx/v0001 → data/mpx/v0002"),
+        ({"train.train_images": 1500}, "train.train_images: None → 1500"),
+    ],
+)
+def test_another_configuration_under_the_same_name_is_refused(
+    experiment: str, change: dict, named: str
+) -> None:
+    start_or_resume_run(experiment, "r", FIRST)
+    with pytest.raises(ValueError, match="another configuration") as refused:
+        start_or_resume_run(experiment, "r", {**FIRST, **change})
+    assert named in str(refused.value) and "--name" in str(refused.value)
