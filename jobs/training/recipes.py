@@ -437,7 +437,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
         quickstart_cpu,
         {**CPU_PATCHES, "patch_size": 350},
         epochs=1,
-        train_images=600,
+        train_images=200,
     ),
     "quickstart_cpu_proxy_only": _baseline(
         "proxy_only", quickstart_cpu, {**SMALL_RESNET, "proxy_size": 70}, epochs=3
@@ -465,12 +465,11 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
         "proxy_only", signs_cpu, {**SMALL_RESNET, "proxy_size": 256}, epochs=8
     ),
     # 8×6 patches of 500 px: ~12 MP an image, so one epoch reads a budget of images (a short
-    # one: BENCHMARKS.md, "Street signs"); batches of 4 (192 patches' activations held for
-    # backward: ~4 GB)
+    # one: BENCHMARKS.md, "Street signs"); batches of 4, activations recomputed in backward
     "signs_cpu_patches": _baseline(
         "resnet18_patches",
         signs_cpu,
-        {**CPU_PATCHES, "patch_size": 500},
+        {**CPU_PATCHES, "patch_size": 500, "checkpoint": True},
         epochs=1,
         batch_size=4,
         train_images=80,
@@ -482,15 +481,16 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "megapixel_cpu_proxy_only": _baseline(
         "proxy_only", megapixel_cpu, {**SMALL_RESNET, "proxy_size": 180}, epochs=6
     ),
-    # 3×3 patches of 500 px; one epoch of 1,500 images: about the saccader's training seconds;
-    # batches of 8 (72 patches' activations held for backward: ~2 GB)
+    # 3×3 patches of 500 px; one epoch of a budget of 200 images (BENCHMARKS.md, "Megapixel
+    # MNIST", on what that is short of); batches of 4, activations recomputed in backward: beside
+    # other trainings, Ray's memory monitor killed it with them held
     "megapixel_cpu_patches": _baseline(
         "resnet18_patches",
         megapixel_cpu,
-        {**CPU_PATCHES, "patch_size": 500},
+        {**CPU_PATCHES, "patch_size": 500, "checkpoint": True},
         epochs=1,
-        batch_size=8,
-        train_images=1500,
+        batch_size=4,
+        train_images=200,
     ),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
