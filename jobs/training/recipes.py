@@ -422,6 +422,22 @@ def _baseline(
     return recipe
 
 
+def _patches_500(
+    base: Callable[[str], TrainConfig], *, train_images: int
+) -> Callable[[str], TrainConfig]:
+    """Every pixel at these sizes: 500-px patches, one epoch of a budget of images, batches of 4
+    with activations recomputed in backward (held, a 32-image step's were what Ray's memory
+    monitor killed beside other trainings)."""
+    return _baseline(
+        "resnet18_patches",
+        base,
+        {**CPU_PATCHES, "patch_size": 500, "checkpoint": True},
+        epochs=1,
+        batch_size=4,
+        train_images=train_images,
+    )
+
+
 RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "tiny_cpu": tiny_cpu,
     "tiny_cpu_resize224": _baseline("resnet18_resize224_test", tiny_cpu),
@@ -464,16 +480,8 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "signs_cpu_proxy_only": _baseline(
         "proxy_only", signs_cpu, {**SMALL_RESNET, "proxy_size": 256}, epochs=8
     ),
-    # 8×6 patches of 500 px: ~12 MP an image, so one epoch reads a budget of images (a short
-    # one: BENCHMARKS.md, "Street signs"); batches of 4, activations recomputed in backward
-    "signs_cpu_patches": _baseline(
-        "resnet18_patches",
-        signs_cpu,
-        {**CPU_PATCHES, "patch_size": 500, "checkpoint": True},
-        epochs=1,
-        batch_size=4,
-        train_images=80,
-    ),
+    # 8×6 patches: ~12 MP an image, a short budget (BENCHMARKS.md, "Street signs")
+    "signs_cpu_patches": _patches_500(signs_cpu, train_images=80),
     "megapixel_cpu": megapixel_cpu,
     "megapixel_cpu_resize224": _baseline(
         "resnet18_resize224", megapixel_cpu, SMALL_RESNET, epochs=2
@@ -481,17 +489,8 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "megapixel_cpu_proxy_only": _baseline(
         "proxy_only", megapixel_cpu, {**SMALL_RESNET, "proxy_size": 180}, epochs=6
     ),
-    # 3×3 patches of 500 px; one epoch of a budget of 200 images (BENCHMARKS.md, "Megapixel
-    # MNIST", on what that is short of); batches of 4, activations recomputed in backward: beside
-    # other trainings, Ray's memory monitor killed it with them held
-    "megapixel_cpu_patches": _baseline(
-        "resnet18_patches",
-        megapixel_cpu,
-        {**CPU_PATCHES, "patch_size": 500, "checkpoint": True},
-        epochs=1,
-        batch_size=4,
-        train_images=200,
-    ),
+    # 3×3 patches, a short budget (BENCHMARKS.md, "Megapixel MNIST", on what it is short of)
+    "megapixel_cpu_patches": _patches_500(megapixel_cpu, train_images=200),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
 }
