@@ -164,7 +164,7 @@ def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Nam
     import torch
 
     from jobs.training.data import table_to_batch
-    from jobs.training.pictures import class_name, glimpse_picture
+    from jobs.training.pictures import prediction_picture
     from pipelines.storage import DatasetVersion
 
     model = _load_model(model_uri, args.threads)
@@ -178,13 +178,7 @@ def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Nam
     if prediction.boxes_BT4 is None:
         raise ValueError(f"{model_uri} has no glimpses to draw")
     names = version.manifest.get("class_names")
-    glimpse_picture(
-        batch,
-        prediction.boxes_BT4,
-        predicted=[class_name(int(k), names) for k in prediction.labels_B],
-        truth=[class_name(int(k), names) for k in batch.labels_B],
-        title=args.title,
-    ).save(args.out)
+    prediction_picture(batch, prediction, names, args.title).save(args.out)
     return {"picture": args.out}
 
 

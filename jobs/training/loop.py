@@ -20,7 +20,7 @@ import torch
 
 from jobs.training.data import StepOnRows, run_on_intact_rows
 from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
-from jobs.training.pictures import class_name, confusion_picture, glimpse_picture
+from jobs.training.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import Tracker
@@ -203,13 +203,7 @@ def _pictures(
         if drawn is not None and drawn[1].boxes_BT4 is not None:
             batch, prediction = drawn
             path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
-            glimpse_picture(
-                batch,
-                prediction.boxes_BT4.cpu(),
-                predicted=[class_name(int(k), class_names) for k in prediction.labels_B],
-                truth=[class_name(int(k), class_names) for k in batch.labels_B],
-                title=heading,
-            ).save(path)
+            prediction_picture(batch, prediction, class_names, heading).save(path)
             tracker.artifact(path, "glimpses")
         png = os.path.join(directory, f"confusion_epoch{epoch:04d}.png")
         title = f"{cfg.model}, validation, epoch {epoch}: {result.images} images, accuracy "

@@ -106,6 +106,20 @@ def glimpse_picture(batch: Batch, boxes_BT4: torch.Tensor, **labels: Any) -> Ima
     return _to_image(glimpse_figure(batch, boxes_BT4, **labels))
 
 
+def prediction_picture(
+    batch: Batch, prediction: Any, class_names: Sequence[str] | None, title: str
+) -> Image.Image:
+    """`glimpse_picture` of a saccader's `prediction` on `batch`, each image captioned with its
+    predicted and true class names."""
+    return glimpse_picture(
+        batch,
+        prediction.boxes_BT4.cpu(),
+        predicted=[class_name(int(k), class_names) for k in prediction.labels_B],
+        truth=[class_name(int(k), class_names) for k in batch.labels_B],
+        title=title,
+    )
+
+
 def confusion_picture(confusion_KK: np.ndarray, **labels: Any) -> Image.Image:
     """`confusion_figure` drawn as an image."""
     return _to_image(confusion_figure(confusion_KK, **labels))

@@ -74,12 +74,17 @@ def start_or_resume_run(
         return runs[0].info.run_id
     tags = {RUN_NAME_TAG: run_name, **source_tags()}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow's batch limit
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     if dataset is not None:
         client.log_inputs(run.info.run_id, datasets=[_dataset_input(dataset)])
     return run.info.run_id
+
+
+def _param_value(value: Any) -> str:
+    """A parameter as MLflow stores it (a string, cut at its length limit)."""
+    return str(value)[:6000]
 
 
 # What may change between the attempts of one run: where and how it runs, how long it goes on,
@@ -107,7 +112,7 @@ def _check_same_training(
         k
         for k in logged.keys() | params.keys()
         if k not in RESUMABLE_CHANGES
-        and logged.get(k) != (None if k not in params else str(params[k])[:6000])
+        and logged.get(k) != (_param_value(params[k]) if k in params else None)
     )
     if changed:
         detail = ", ".join(f"{k}: {logged.get(k)} → {params.get(k)}" for k in changed[:5])
