@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "localize": "saccader hit-rate and accuracy on cluttered MNIST vs centred boxes, baselines",
     "dslr": "DSLR photo ingest (real stage and Ray Data build) against its decode + encode floor",
     "tradeoff": "train, evaluate and time each recipe on one dataset: accuracy against cost",
+    "scale": "glimpse jumps where the pooling factor changes, one factor against blended",
 }
 
 

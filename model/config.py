@@ -86,6 +86,10 @@ class SaccaderConfig:
     # Boxes at least this many windows wide are pooled by a multiple of it and read from the
     # image's pooled level (stored by the pipelines at ×8; model/glimpse.py); 1: never.
     pooled_level: int = 8
+    # Mix the glimpses of the two pooling factors around the box's side (model/glimpse.py,
+    # "Blending"): a glimpse continuous in the scale, for twice the reads. False: one factor,
+    # which jumps at each change of factor (fine where the box's side is fixed).
+    glimpse_blend: bool = False
     # What the classifier reads of the per-glimpse features a_1..a_T: "mean", their mean (the
     # paper's; any T at inference), or "concat", them side by side in glimpse order (the
     # reference code's option, used in its StarCraft II runs; T is then fixed by the weights).

@@ -24,6 +24,11 @@ in two steps: the image's ×L level — defined in integers as the stored level 
 `pipelines/pyramid.py` (pixels on the 1/255 grid, zero-padded L×L cells, sum rounded half up) —
 then a float average by ⌊k/L⌋. A reader serves the level region directly (`read_regions(...,
 level=L)`): stored datasets decode a few small level tiles instead of the full-resolution region.
+
+Blending. One factor per box makes the glimpse jump where the factor changes (k = 1 → 2, …, and
+most at the switch to the level). With `blend`, the glimpse is the mix of the two usable factors
+around the box's side, weighted by where the side lies between them: continuous in the scale,
+with the exact gradient of the mix, for twice the reads.
 """
 
 from __future__ import annotations
@@ -253,12 +258,30 @@ class _Read:
         return [v * self.m for v in self.region]
 
 
-def plan_read(box_px: list[float], window: int, level: int) -> _Read:
-    """The pooling factor, level and support region of a glimpse of `box_px` (original pixels)."""
-    k = pooling_factor(box_px, window)
+def plan_read(box_px: list[float], window: int, level: int, *, factor: int | None = None) -> _Read:
+    """The pooling factor, level and support region of a glimpse of `box_px` (original pixels):
+    the largest usable factor the box's side allows, or `factor` (one `next_factor` gives)."""
+    k = pooling_factor(box_px, window) if factor is None else factor
     read_level = level if 1 < level <= k else 1
     k = read_level * (k // read_level)
     return _Read(k=k, level=read_level, region=support_region(box_px, k))
+
+
+def next_factor(k: int, level: int) -> int:
+    """The usable pooling factor after `k`: 1 … level − 1 step by one, then multiples of level."""
+    return k + 1 if k < level else k + level
+
+
+def _blend_weights(
+    box_px_B4: torch.Tensor, lower: list[_Read], upper: list[_Read], window: int
+) -> torch.Tensor:
+    """B×1×1×1 weight of the upper factor's glimpse: where the box's side (in windows) lies
+    between the two factors, 0 at the lower one and below it, 1 at the upper one. A function of
+    the box, so the scale's gradient includes the change of factor."""
+    sides_B = torch.minimum(box_px_B4[:, 2] - box_px_B4[:, 0], box_px_B4[:, 3] - box_px_B4[:, 1])
+    lo_B = box_px_B4.new_tensor([r.k for r in lower])
+    hi_B = box_px_B4.new_tensor([r.k for r in upper])
+    return ((sides_B / window - lo_B) / (hi_B - lo_B)).clamp(0, 1).view(-1, 1, 1, 1)
 
 
 def _read_pooled(
@@ -294,17 +317,47 @@ def _read_pooled(
 
 
 def read_glimpses(
-    reader: RegionReader, boxes_B4: torch.Tensor, window: int, *, level: int = 1
+    reader: RegionReader,
+    boxes_B4: torch.Tensor,
+    window: int,
+    *,
+    level: int = 1,
+    blend: bool = False,
 ) -> torch.Tensor:
     """B×C×N×N glimpses of normalised boxes, reading only each box's region through `reader`.
 
     `level` > 1: boxes pooled by k ≥ level read the reader's ×level pooled level (module doc).
-    The glimpses are on `boxes_B4`'s device and in its dtype; gradients flow to the boxes.
+    `blend`: the glimpses of the two usable factors around the box's side, mixed by where the
+    side lies between them (`_blend_weights`): continuous in the scale, where one factor jumps
+    at each change of factor. The glimpses are on `boxes_B4`'s device and in its dtype;
+    gradients flow to the boxes.
     """
     box_px_B4 = _pixel_boxes(boxes_B4, reader.image_sizes())
-    reads = [plan_read(box_px, window, level) for box_px in box_px_B4.detach().tolist()]
-    sources = _read_pooled(reader, reads, like=boxes_B4)
-    as_tensor = {"dtype": torch.float64, "device": boxes_B4.device}
+    boxes_px = box_px_B4.detach().tolist()
+    reads = [plan_read(box_px, window, level) for box_px in boxes_px]
+    glimpses = _read_and_sample(reader, box_px_B4, reads, window, like=boxes_B4)
+    if not blend:
+        return glimpses
+    upper = [
+        plan_read(box_px, window, level, factor=next_factor(read.k, level))
+        for box_px, read in zip(boxes_px, reads, strict=True)
+    ]
+    above = _read_and_sample(reader, box_px_B4, upper, window, like=boxes_B4)
+    weights = _blend_weights(box_px_B4, reads, upper, window).to(glimpses.dtype)
+    return glimpses + weights * (above - glimpses)
+
+
+def _read_and_sample(
+    reader: RegionReader,
+    box_px_B4: torch.Tensor,
+    reads: list[_Read],
+    window: int,
+    *,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """The glimpses of `box_px_B4` read as `reads` plan."""
+    sources = _read_pooled(reader, reads, like=like)
+    as_tensor = {"dtype": torch.float64, "device": like.device}
     return _sample(
         _pad_stack(sources),
         box_px_B4,
@@ -315,28 +368,53 @@ def read_glimpses(
 
 
 def full_image_glimpse(
-    images_BCHW: torch.Tensor, boxes_B4: torch.Tensor, window: int, *, level: int = 1
+    images_BCHW: torch.Tensor,
+    boxes_B4: torch.Tensor,
+    window: int,
+    *,
+    level: int = 1,
+    blend: bool = False,
 ) -> torch.Tensor:
     """Reference glimpses: the same sampling as `read_glimpses`, over the whole images."""
     _, _, H, W = images_BCHW.shape
     box_px_B4 = _pixel_boxes(boxes_B4, [(H, W)] * images_BCHW.shape[0])
-    as_tensor = {"dtype": torch.float64, "device": boxes_B4.device}
+    boxes_px = box_px_B4.detach().tolist()
+    reads = [plan_read(box_px, window, level) for box_px in boxes_px]
+    glimpses = _sample_whole(images_BCHW, box_px_B4, reads, window, like=boxes_B4)
+    if not blend:
+        return glimpses
+    upper = [
+        plan_read(box_px, window, level, factor=next_factor(read.k, level))
+        for box_px, read in zip(boxes_px, reads, strict=True)
+    ]
+    above = _sample_whole(images_BCHW, box_px_B4, upper, window, like=boxes_B4)
+    weights = _blend_weights(box_px_B4, reads, upper, window).to(glimpses.dtype)
+    return glimpses + weights * (above - glimpses)
+
+
+def _sample_whole(
+    images_BCHW: torch.Tensor,
+    box_px_B4: torch.Tensor,
+    reads: list[_Read],
+    window: int,
+    *,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """Each image pooled whole as its read plans, then sampled (the reference path)."""
+    as_tensor = {"dtype": torch.float64, "device": like.device}
     glimpses = []
-    for image_CHW, box_px_4 in zip(images_BCHW, box_px_B4, strict=True):
-        read = plan_read(box_px_4.tolist(), window, level)
-        k = read.k
-        source_CHW = image_CHW.to(boxes_B4.dtype)
+    for image_CHW, box_px_4, read in zip(images_BCHW, box_px_B4, reads, strict=True):
+        source_CHW = image_CHW.to(like.dtype)
         if read.level > 1:
             source_CHW = pool_level(source_CHW, read.level)
         if read.m > 1:
             # Pad to whole pooling cells with zeros, as a region reader does past the image.
             h, w = source_CHW.shape[1:]
             source_CHW = F.avg_pool2d(F.pad(source_CHW, (0, -w % read.m, 0, -h % read.m)), read.m)
-        source_1CHW = source_CHW.unsqueeze(0)
-        k_1 = torch.tensor([k], **as_tensor)
+        k_1 = torch.tensor([read.k], **as_tensor)
         origin_12 = torch.zeros(1, 2, **as_tensor)
         glimpses.append(
-            _sample(source_1CHW, box_px_4[None], k_B=k_1, origin_B2=origin_12, window=window)
+            _sample(source_CHW[None], box_px_4[None], k_B=k_1, origin_B2=origin_12, window=window)
         )
     return torch.cat(glimpses, dim=0)
 

@@ -343,7 +343,13 @@ class Saccader(BatchClassifier):
             visited = [s.boxes_B4 for s in steps]
             where = self._locate(f_BL, h_BL, scene, visited, sample=sample, guide_BG=guide_BG)
             g_BL = self.glimpse_encoder(
-                read_glimpses(reader, where.boxes_B4, cfg.window, level=cfg.pooled_level)
+                read_glimpses(
+                    reader,
+                    where.boxes_B4,
+                    cfg.window,
+                    level=cfg.pooled_level,
+                    blend=cfg.glimpse_blend,
+                )
             )
             a.append(self.glimpse_head(torch.cat([h_BL, g_BL], dim=1)))
             e_BL = self.phi_z(where.z_B3)

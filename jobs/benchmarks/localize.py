@@ -251,7 +251,35 @@ def train(name: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str
         )
         print(f"  {name} epoch {epochs}: " + ", ".join(_fmt(history[-1])), flush=True)
     seconds = time.perf_counter() - start
-    return {"model": model, "seconds": seconds, "epochs": epochs, "history": history, **result}
+    out = {"model": model, "seconds": seconds, "epochs": epochs, "history": history, **result}
+    if name == "saccader":
+        out["location_grad"] = location_gradients(model, data["test"], args.batch)
+    return out
+
+
+def location_gradients(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, float]:
+    """Σ|∂CE/∂θ| of the classification loss alone over the location's parameters, on one test
+    batch drawn as in training: the cell scores (heat map: keys, query) and the posterior MLP
+    (the paper's Gaussian; for the heat map, the box's scale and sub-cell offset). Zero on the
+    cell scores unless a pathwise gradient reaches them (`straight_through`); the score-function
+    term, not measured here, is their other teacher."""
+    import torch.nn.functional as F
+
+    groups = {"posterior_mlp": list(model.posterior.parameters())}
+    if model.heatmap is not None:
+        groups["cell_scores"] = [*model.heatmap.keys.parameters(), model.heatmap.query.weight]
+    model.train()
+    model.zero_grad()
+    sample = test.batch(slice(0, batch))
+    out = model(sample.proxy_BCHW, sample.region_reader())
+    F.cross_entropy(out.logits_BK, sample.labels_B).backward()
+    norms = {
+        name: sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+        for name, params in groups.items()
+    }
+    model.zero_grad()
+    model.eval()
+    return norms
 
 
 def _box_curriculum(model: torch.nn.Module, args: argparse.Namespace, epoch: int) -> None:
@@ -313,6 +341,12 @@ def main(argv: Sequence[str]) -> int:
             ["model", "test acc", "hit", "centred hit", "spread", "edge", "epochs", "train s"], rows
         )
     )
+    if "saccader" in results:
+        grads = results["saccader"]["location_grad"]
+        print(
+            "classification loss's gradient on the location (Σ|∂CE/∂θ|, one test batch): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in grads.items())
+        )
     figures = {**info, "args": vars(args), "results": {}}
     for name, r in results.items():
         figures["results"][name] = {

@@ -200,6 +200,7 @@ def _paper_scale_gpu(dataset: str, sizes: dict[str, Any], parts: bool) -> TrainC
             "heatmap_stride": 4,
             "inhibit_return": True,
             "glimpse_norm": "group",
+            "glimpse_blend": True,  # the box's side is learnt: no jump where its factor changes
         },
         aux_weight=1.0,
         score_weight=1.0,

@@ -3,6 +3,8 @@ region readers against whole-image sampling, and the exact gradient with respect
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -62,22 +64,25 @@ def test_centred_boxes_keep_size() -> None:
 
 
 def _loss_of_z(
-    z_B3: torch.Tensor, reader: TensorRegionReader, labels_B: torch.Tensor
+    z_B3: torch.Tensor, reader: TensorRegionReader, labels_B: torch.Tensor, blend: bool
 ) -> torch.Tensor:
     """A fixed glimpse path: z → boxes → glimpses → a float64 encoder (eval) → cross-entropy."""
     torch.manual_seed(0)
     encoder = SmallResNet(1, 4, width=4, blocks=[1]).double().eval()
     boxes_B4 = latent_to_boxes(z_B3, reader.image_sizes(), min_fraction=0.1, max_fraction=0.5)
-    return F.cross_entropy(encoder(read_glimpses(reader, boxes_B4, 8)), labels_B)
+    return F.cross_entropy(encoder(read_glimpses(reader, boxes_B4, 8, blend=blend)), labels_B)
 
 
-def test_gradient_reaches_scale_x_y_and_matches_finite_differences() -> None:
+@pytest.mark.parametrize("blend", [False, True])
+def test_gradient_reaches_scale_x_y_and_matches_finite_differences(blend: bool) -> None:
     reader = TensorRegionReader(smooth_image(90, 120).repeat(2, 1, 1, 1))
     labels_B = torch.tensor([1, 3])
-    # box sides ~30 px and ~17 px at window 8: pooling factors 3 and 2 (both paths pool)
+    # box sides ~30 px and ~17 px at window 8: pooling factors 3 and 2 (both paths pool); with
+    # `blend`, mixed with factors 4 and 3 by weights that depend on the scale
     z_B3 = torch.tensor([[0.3, -0.4, 0.7], [-1.2, 0.9, -0.2]], dtype=torch.float64)
     z_B3.requires_grad_(True)
-    _loss_of_z(z_B3, reader, labels_B).backward()
+    loss = partial(_loss_of_z, reader=reader, labels_B=labels_B, blend=blend)
+    loss(z_B3).backward()
     eps = 1e-6
     numeric_B3 = torch.zeros_like(z_B3)
     for i in range(2):
@@ -85,8 +90,7 @@ def test_gradient_reaches_scale_x_y_and_matches_finite_differences() -> None:
             step_B3 = torch.zeros_like(z_B3)
             step_B3[i, j] = eps
             with torch.no_grad():
-                plus = _loss_of_z(z_B3 + step_B3, reader, labels_B)
-                minus = _loss_of_z(z_B3 - step_B3, reader, labels_B)
+                plus, minus = loss(z_B3 + step_B3), loss(z_B3 - step_B3)
             numeric_B3[i, j] = (plus - minus) / (2 * eps)
     assert (z_B3.grad.abs() > 1e-6).all(), f"a z component gets no gradient: {z_B3.grad}"
     torch.testing.assert_close(z_B3.grad, numeric_B3, rtol=1e-5, atol=1e-9)

@@ -161,6 +161,59 @@ def test_glimpses_through_the_level_equal_whole_image_glimpses(
     assert readers["tiles"].tiles_decoded < 2 * sum(len(t.level_tiles) for t in tiled)
 
 
+def _boxes_of_side(side_px: float, size: int, centre: float = 0.45) -> torch.Tensor:
+    """1×4 float64 normalised box of `side_px` pixels centred at `centre` of a square image."""
+    half = side_px / size / 2
+    box = [centre - half, centre - half, centre + half, centre + half]
+    return torch.tensor([box], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("side", [16.0, 24.0, 64.0, 128.0])  # factor 1→2, 2→3, 7→level, 8→16
+def test_blended_glimpse_is_continuous_where_the_factor_changes(side: float) -> None:
+    image_1CHW = _chw(_image(300, 300, 1, seed=4)).unsqueeze(0).double()
+    reader = TensorRegionReader(image_1CHW)
+    glimpses = {}
+    for blend in (False, True):
+        below, above = (
+            read_glimpses(reader, _boxes_of_side(side + d, 300), 8, level=8, blend=blend)
+            for d in (-1e-6, 1e-6)
+        )
+        glimpses[blend] = (below - above).abs().max().item()
+    # one factor: a step of noise-image size; blended: the glimpse moves with the box, ~1e-7
+    assert glimpses[False] > 0.02, glimpses
+    assert glimpses[True] < 1e-4, glimpses
+
+
+def test_blended_glimpses_and_gradients_equal_through_tiles_and_whole_images() -> None:
+    rng = np.random.default_rng(5)
+    images_HWC = [rng.integers(0, 256, (300, 260, 1), dtype=np.uint8) for _ in LARGE_BOXES]
+    tiled = [
+        TiledImage.from_array(a, tile_size=32, tile_format="png", level_factor=8)
+        for a in images_HWC
+    ]
+    images_BCHW = torch.stack([_chw(a) for a in images_HWC])
+    weights = torch.randn(len(LARGE_BOXES), 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    # shifted off the pixel grid: at the upper factor (16) the last box's samples fall on pooled
+    # pixel centres, where bilinear sampling has a kink and float rounding picks its side
+    boxes = [[v + 0.00123 for v in box] for box in LARGE_BOXES]
+    glimpses, grads = {}, {}
+    for name in ("tiles", "full"):
+        boxes_B4 = torch.tensor(boxes, requires_grad=True)
+        if name == "tiles":
+            glimpses[name] = read_glimpses(
+                TileRegionReader(tiled), boxes_B4, 8, level=8, blend=True
+            )
+        else:
+            glimpses[name] = full_image_glimpse(images_BCHW, boxes_B4, 8, level=8, blend=True)
+        (glimpses[name] * weights).sum().backward()
+        grads[name] = boxes_B4.grad
+    torch.testing.assert_close(glimpses["tiles"], glimpses["full"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads["tiles"], grads["full"], rtol=1e-4, atol=1e-5)
+    # the mix is not either factor's glimpse alone
+    single = full_image_glimpse(images_BCHW, torch.tensor(boxes), 8, level=8)
+    assert not torch.allclose(glimpses["full"].detach(), single)
+
+
 def test_photo_stage_stores_the_same_level_as_the_numpy_path() -> None:
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
