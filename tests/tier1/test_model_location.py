@@ -188,3 +188,35 @@ def test_refine_centres_the_box_on_the_brightest_blob_of_the_chosen_cell(refine:
     centre_xy = torch.stack([box_4[1] + box_4[3], box_4[0] + box_4[2]]) - 1  # to [−1, 1]
     expected = blob_xy if refine else heatmap.centres_G2[cell]
     torch.testing.assert_close(centre_xy, expected, atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("straight_through", "offset"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_the_pathwise_paths_reach_the_location_only_when_switched_on(
+    straight_through: bool, offset: bool
+) -> None:
+    """The classification loss alone: through the straight-through cell it reaches the cell
+    scores, through the sub-cell offset the posterior's x, y rows; each is exactly zero off."""
+    model = _heatmap_model(straight_through=straight_through, heatmap_offset=offset).train()
+    cell_scores = [model.heatmap.query.weight, *model.heatmap.keys.parameters()]
+    batch = _batch()
+    out = model(batch.proxy_BCHW, batch.region_reader())
+    F.cross_entropy(out.logits_BK, batch.labels_B).backward()
+    assert (_grad_norm(cell_scores) > 0) == straight_through
+    mean_xy = model.posterior[-1].weight.grad[1:3]  # rows 1 and 2: the mean of x and y
+    assert (float(mean_xy.abs().sum()) > 0) == offset
+
+
+def test_the_score_function_term_against_hand_computed_values() -> None:
+    log_q_BT = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
+    log_p_BT = torch.tensor([[-0.1, -0.7], [-2.0, -0.2]], requires_grad=True)
+    ce_B = torch.tensor([0.3, 1.2], requires_grad=True)
+    term = score_function_term(log_q_BT, log_p_BT, ce_B)
+    # rewards log p − ce: [[−0.4, −1.0], [−3.2, −1.4]]; per-glimpse batch means −1.8, −1.2;
+    # advantages [[1.4, 0.2], [−1.4, −0.2]]; −mean(advantage · log q) = −(−0.5) / 4
+    assert float(term.detach()) == pytest.approx(0.125)
+    term.backward()
+    expected = -torch.tensor([[1.4, 0.2], [-1.4, -0.2]]) / 4
+    torch.testing.assert_close(log_q_BT.grad, expected)
+    assert log_p_BT.grad is None and ce_B.grad is None  # the reward is a constant
