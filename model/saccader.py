@@ -262,6 +262,7 @@ class Saccader(BatchClassifier):
     def __init__(self, config: SaccaderConfig) -> None:
         super().__init__()
         self.config = config
+        self._training_sides: tuple[float, float] | None = None  # set_training_sides
         L, P, C_proxy = config.latent, config.proxy_size, config.proxy_channels
         encoder = {"width": config.encoder_width, "blocks": list(config.encoder_blocks)}
         self.proxy_encoder = SmallResNet(C_proxy, L, **encoder)  # φ_x
@@ -319,6 +320,12 @@ class Saccader(BatchClassifier):
             if self.heatmap is not None:  # offsets start at the cell centre
                 out_layer.weight[1:3].zero_()
                 out_layer.bias[1:3].zero_()
+
+    def set_training_sides(self, sides: tuple[float, float] | None) -> None:
+        """Box sides (smallest, largest: fractions of the shorter image side) of training passes
+        in place of the config's, e.g. a curriculum's (`model.step.BoxCurriculum`); None: the
+        config's. Evaluation and inference always use the config's own sides."""
+        self._training_sides = sides
 
     def forward(
         self,
@@ -431,7 +438,10 @@ class Saccader(BatchClassifier):
         posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
         scale and (with `heatmap_offset`) its x, y as an offset of up to half a cell."""
         cfg = self.config
-        sides = {"min_fraction": cfg.min_image_fraction, "max_fraction": cfg.max_image_fraction}
+        lo, hi = cfg.min_image_fraction, cfg.max_image_fraction
+        if self.training and self._training_sides is not None:
+            lo, hi = self._training_sides
+        sides = {"min_fraction": lo, "max_fraction": hi}
         if self.heatmap is None:
             z = self._gaussian(torch.cat([f_BL, h_BL], dim=1), h_BL, sample=sample)
             boxes_B4 = latent_to_boxes(z.z_B3, scene.sizes, **sides)

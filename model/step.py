@@ -6,6 +6,7 @@ Shape legend: B batch, T glimpses, N objects, 4 = a normalised box (y0, x0, y1, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,36 @@ from torch import nn
 from model.glimpse import centred_boxes, centres_inside
 from model.interface import Batch, BatchClassifier
 from model.loss import LossParts, ObjectiveConfig
+
+
+@dataclass(frozen=True)
+class BoxCurriculum:
+    """Large boxes first, shrinking linearly to the model's own sides, which hold from `steps`
+    on: the glimpse classifier first learns from glimpses that usually hold the object
+    (BENCHMARKS.md, "Localization"). A function of the step alone, so a resumed run continues
+    the same schedule; it sets the model's training sides and never its config, so evaluation
+    and the shipped model use the config's sides."""
+
+    start: float  # box side (fraction of the shorter image side) at step 0
+    steps: int  # steps (or epochs) until the model's sides; 0: no curriculum
+
+    def sides(self, step: int, final: tuple[float, float]) -> tuple[float, float] | None:
+        """(smallest, largest) box side at `step`, from `final` (the model's); None: no
+        curriculum."""
+        if self.steps == 0:
+            return None
+        done = min(1.0, step / self.steps)
+        start = max(self.start, final[1])
+        lo, hi = (start + done * (side - start) for side in final)
+        return lo, hi
+
+    def apply(self, model: nn.Module, step: int) -> None:
+        """Set `model`'s training sides for `step`; a model without boxes is left alone."""
+        config = getattr(model, "config", None)
+        if self.steps == 0 or not hasattr(config, "max_image_fraction"):
+            return
+        final = (config.min_image_fraction, config.max_image_fraction)
+        model.set_training_sides(self.sides(step, final))
 
 
 class LossModule(nn.Module):

@@ -24,7 +24,7 @@ from jobs.training.recipes import SMALL_RESNET, SMALL_SACCADER
 from model.interface import Batch
 from model.loss import ObjectiveConfig
 from model.registry import create_model
-from model.step import eval_step, train_step
+from model.step import BoxCurriculum, eval_step, train_step
 from pipelines.digits import load_digits, split_digits
 from pipelines.synthetic import (
     ClutteredMnistConfig,
@@ -229,11 +229,14 @@ def train(name: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str
         aux_weight=args.aux_weight,
         score_weight=args.score_weight,
     )
+    # by epoch here (the Ray Train loop steps it by optimiser step)
+    steps = 0 if args.start_fraction is None else args.curriculum_epochs
+    curriculum = BoxCurriculum(args.start_fraction or 0.0, steps)
     start, epochs, history = time.perf_counter(), 0, []
     for epoch in range(args.epochs):
         if time.perf_counter() - start > 60 * args.minutes:
             break
-        _box_curriculum(model, args, epoch)
+        curriculum.apply(model, epoch)
         train_set = data["train"](epoch)
         order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set.labels_B))
         parts = [
@@ -280,19 +283,6 @@ def location_gradients(model: torch.nn.Module, test: Canvases, batch: int) -> di
     model.zero_grad()
     model.eval()
     return norms
-
-
-def _box_curriculum(model: torch.nn.Module, args: argparse.Namespace, epoch: int) -> None:
-    """Large boxes first (the classifier learns digits from glimpses that usually hold one), then
-    shrink linearly to the final sides, which hold from `curriculum_epochs` on."""
-    if args.start_fraction is None or not hasattr(model, "config"):
-        return
-    if not hasattr(model.config, "max_image_fraction"):
-        return
-    done = min(1.0, epoch / max(1, args.curriculum_epochs))
-    lo = args.start_fraction + done * (args.min_fraction - args.start_fraction)
-    hi = args.start_fraction + done * (args.max_fraction - args.start_fraction)
-    model.config.min_image_fraction, model.config.max_image_fraction = lo, hi
 
 
 def _fmt(row: dict[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ from jobs.training.tracking import Tracker
 from model.interface import Batch, BatchClassifier
 from model.loss import ObjectiveConfig
 from model.registry import create_model
-from model.step import LossModule, train_step
+from model.step import BoxCurriculum, LossModule, train_step
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
@@ -248,7 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = Tracker(loop_config["run_id"], enabled=rank == 0, uri=loop_config["tracking_uri"])
     pictures = loop_config.get("picture_rows")
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
-    final_sides = _box_sides(model)
+    curriculum = BoxCurriculum(cfg.curriculum_start, cfg.curriculum_steps)
     # Progress reaches the driver through the board, not stdout (see jobs/training/progress.py).
     poster = Poster(loop_config.get("progress"), enabled=rank == 0)
     # Epochs a lost attempt logged after its last kept checkpoint (rank 0 logs an epoch before
@@ -264,7 +264,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             cfg,
             epoch,
             device,
-            before_step=lambda step: _box_curriculum(model, cfg, step, final_sides),
+            before_step=lambda step: curriculum.apply(model, step),
             poster=poster,
         )
         state = None
@@ -297,27 +297,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["epoch"] = epoch
         poster.epoch(epoch, _progress_line(epoch, cfg.epochs, metrics))
         _report(metrics, state)
-
-
-def _box_sides(model: BatchClassifier) -> tuple[float, float] | None:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "max_image_fraction"):
-        return None  # not a saccader: no boxes
-    return config.min_image_fraction, config.max_image_fraction
-
-
-def _box_curriculum(
-    model: BatchClassifier, cfg: TrainConfig, step: int, final: tuple[float, float] | None
-) -> None:
-    """Large boxes first (the classifier learns the digits from glimpses that usually hold one),
-    shrinking linearly to the model's sides, which hold from step `curriculum_steps` on.
-    A function of the optimiser step alone, so a resumed run continues the same schedule."""
-    if final is None or cfg.curriculum_steps == 0:
-        return
-    done = min(1.0, step / cfg.curriculum_steps)
-    start = max(cfg.curriculum_start, final[1])
-    lo, hi = (start + done * (side - start) for side in final)
-    model.config.min_image_fraction, model.config.max_image_fraction = lo, hi
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:

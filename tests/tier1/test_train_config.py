@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from cli_support import assert_clear_failure, run_job
 
 from jobs.training.recipes import RECIPES, TrainConfig, make_recipe
+from model.glimpse import TensorRegionReader
 from pipelines.schema import IMAGE_SCHEMA, SCHEMA_VERSION
 from pipelines.storage import Staging, write_parquet
 
@@ -159,9 +161,9 @@ def test_unknown_model_setting_cli(tmp_path: Path) -> None:
     assert_clear_failure(result, "unknown saccader_test settings ['wings']")
 
 
-def test_box_curriculum_shrinks_to_the_model_sides() -> None:
-    from jobs.training.loop import _box_curriculum, _box_sides
+def test_box_curriculum_shrinks_training_boxes_and_leaves_the_config() -> None:
     from model.registry import create_model
+    from model.step import BoxCurriculum
 
     model = create_model(
         "saccader_test",
@@ -170,13 +172,23 @@ def test_box_curriculum_shrinks_to_the_model_sides() -> None:
         min_image_fraction=0.2,
         max_image_fraction=0.3,
     )
-    final = _box_sides(model)
     config = make_recipe("tiny_cpu", "d", {"curriculum_steps": "4", "curriculum_start": "0.6"})
-    sides = []
-    for step in range(6):
-        _box_curriculum(model, config, step, final)
-        sides.append((model.config.min_image_fraction, model.config.max_image_fraction))
-    assert sides[0] == pytest.approx((0.6, 0.6))
-    assert sides[2] == pytest.approx((0.4, 0.45))  # halfway
-    assert sides[4] == pytest.approx((0.2, 0.3)) and sides[5] == pytest.approx((0.2, 0.3))
-    assert _box_sides(create_model("proxy_only_test", num_classes=3, in_channels=1)) is None
+    curriculum = BoxCurriculum(config.curriculum_start, config.curriculum_steps)
+    proxy_BCHW, images_BCHW = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 32, 32)
+    sides = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        sides[mode] = []
+        for step in range(6):
+            curriculum.apply(model, step)
+            with torch.no_grad():
+                boxes_BT4 = model(proxy_BCHW, TensorRegionReader(images_BCHW)).boxes_BT4
+            sides[mode].append(float((boxes_BT4[..., 2] - boxes_BT4[..., 0]).max()))
+    # training boxes: 0.6 at step 0, halfway at step 2, the model's own (≤ 0.3) from step 4
+    assert sides["train"][0] == pytest.approx(0.6)
+    assert 0.3 < sides["train"][2] <= 0.45 + 1e-6
+    assert max(sides["train"][4:]) <= 0.3 + 1e-6
+    assert max(sides["eval"]) <= 0.3 + 1e-6  # evaluation: the config's sides throughout
+    assert (model.config.min_image_fraction, model.config.max_image_fraction) == (0.2, 0.3)
+    # a model without boxes is left alone
+    BoxCurriculum(0.6, 4).apply(create_model("proxy_only_test", num_classes=3, in_channels=1), 0)
