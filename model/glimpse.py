@@ -34,6 +34,7 @@ with the exact gradient of the mix, for twice the reads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -333,16 +334,34 @@ def read_glimpses(
     gradients flow to the boxes.
     """
     box_px_B4 = _pixel_boxes(boxes_B4, reader.image_sizes())
+    return _planned_glimpses(
+        lambda reads: _read_and_sample(reader, box_px_B4, reads, window, like=boxes_B4),
+        box_px_B4,
+        window,
+        level=level,
+        blend=blend,
+    )
+
+
+def _planned_glimpses(
+    sample: Callable[[list[_Read]], torch.Tensor],
+    box_px_B4: torch.Tensor,
+    window: int,
+    *,
+    level: int,
+    blend: bool,
+) -> torch.Tensor:
+    """`sample`'s glimpses at each box's own factor, or (`blend`) mixed with the next one's."""
     boxes_px = box_px_B4.detach().tolist()
     reads = [plan_read(box_px, window, level) for box_px in boxes_px]
-    glimpses = _read_and_sample(reader, box_px_B4, reads, window, like=boxes_B4)
+    glimpses = sample(reads)
     if not blend:
         return glimpses
     upper = [
         plan_read(box_px, window, level, factor=next_factor(read.k, level))
         for box_px, read in zip(boxes_px, reads, strict=True)
     ]
-    above = _read_and_sample(reader, box_px_B4, upper, window, like=boxes_B4)
+    above = sample(upper)
     weights = _blend_weights(box_px_B4, reads, upper, window).to(glimpses.dtype)
     return glimpses + weights * (above - glimpses)
 
@@ -378,18 +397,13 @@ def full_image_glimpse(
     """Reference glimpses: the same sampling as `read_glimpses`, over the whole images."""
     _, _, H, W = images_BCHW.shape
     box_px_B4 = _pixel_boxes(boxes_B4, [(H, W)] * images_BCHW.shape[0])
-    boxes_px = box_px_B4.detach().tolist()
-    reads = [plan_read(box_px, window, level) for box_px in boxes_px]
-    glimpses = _sample_whole(images_BCHW, box_px_B4, reads, window, like=boxes_B4)
-    if not blend:
-        return glimpses
-    upper = [
-        plan_read(box_px, window, level, factor=next_factor(read.k, level))
-        for box_px, read in zip(boxes_px, reads, strict=True)
-    ]
-    above = _sample_whole(images_BCHW, box_px_B4, upper, window, like=boxes_B4)
-    weights = _blend_weights(box_px_B4, reads, upper, window).to(glimpses.dtype)
-    return glimpses + weights * (above - glimpses)
+    return _planned_glimpses(
+        lambda reads: _sample_whole(images_BCHW, box_px_B4, reads, window, like=boxes_B4),
+        box_px_B4,
+        window,
+        level=level,
+        blend=blend,
+    )
 
 
 def _sample_whole(
