@@ -100,11 +100,15 @@ def eval_step(model: BatchClassifier, batch: Batch) -> dict[str, Any]:
         "prediction": prediction,
     }
     if prediction.boxes_BT4 is not None and batch.gt_boxes is not None:
-        boxes_BT4 = prediction.boxes_BT4
-        out["hit_rate"] = hit_rate(boxes_BT4, batch.gt_boxes)
-        centred_BT4 = centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4)
-        out["centred_hit_rate"] = hit_rate(centred_BT4, batch.gt_boxes)
+        out["hit_rate"] = hit_rate(prediction.boxes_BT4, batch.gt_boxes)
+        out["centred_hit_rate"] = centred_hit_rate(prediction.boxes_BT4, batch.gt_boxes)
     return out
+
+
+def centred_hit_rate(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:
+    """`hit_rate` of boxes of the same sizes centred on the image: the yardstick of a locator
+    that has learnt nothing but the objects' usual place."""
+    return hit_rate(centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4), gt_boxes)
 
 
 def hit_rate(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:

@@ -200,16 +200,14 @@ def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, An
 
 def placement(boxes_BT4: torch.Tensor, test: Canvases) -> dict[str, Any]:
     """Hit-rates, centre spread across images and the share of centres near an edge."""
-    from model.glimpse import centred_boxes
-    from model.step import hit_rate
+    from model.step import centred_hit_rate, hit_rate
 
-    centred_BT4 = centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4)
     cy_BT = (boxes_BT4[..., 0] + boxes_BT4[..., 2]) / 2
     cx_BT = (boxes_BT4[..., 1] + boxes_BT4[..., 3]) / 2
     near_edge = torch.minimum(torch.minimum(cx_BT, 1 - cx_BT), torch.minimum(cy_BT, 1 - cy_BT))
     return {
         "hit_rate": hit_rate(boxes_BT4, test.gt_boxes),
-        "centred_hit_rate": hit_rate(centred_BT4, test.gt_boxes),
+        "centred_hit_rate": centred_hit_rate(boxes_BT4, test.gt_boxes),
         # std over test images of the centre in [−1, 1] units, mean over glimpses and x, y
         "centre_spread": float(torch.stack([2 * cx_BT, 2 * cy_BT]).std(dim=1).mean()),
         "edge_share": float((near_edge < EDGE).float().mean()),

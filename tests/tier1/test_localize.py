@@ -17,7 +17,7 @@ from model.glimpse import centre_to_boxes, centred_boxes
 from model.interface import Batch
 from model.loss import ObjectiveConfig
 from model.registry import create_model
-from model.step import eval_step, hit_rate, train_step
+from model.step import centred_hit_rate, eval_step, hit_rate, train_step
 
 SIDE, SQUARE, PROXY = 48, 8, 12
 
@@ -67,6 +67,7 @@ def test_hit_rate_on_hand_made_boxes() -> None:
     centred = centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4)
     torch.testing.assert_close(centred[0, 0], torch.tensor([0.4, 0.4, 0.6, 0.6]))
     assert hit_rate(centred, gt) == 0.0  # no object centre lies near the middle
+    assert centred_hit_rate(boxes_BT4, gt) == 0.0
 
 
 def test_centre_to_boxes_keeps_boxes_inside() -> None:
