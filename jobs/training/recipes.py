@@ -185,8 +185,9 @@ GPU_WORKERS = 4
 def _paper_scale_gpu(dataset: str, sizes: dict[str, Any], parts: bool) -> TrainConfig:
     """The paper's network sizes (`sizes`: T, W, L, the largest box) on GPU workers whose batches
     add up to the reference's 100, with the locator that learnt where to look here (the
-    heat map with the score-function term, inhibition of return, GroupNorm in the glimpse
-    encoder; BENCHMARKS.md, "Localization") and its objective (additive, small β and λ), not the
+    heat map with the score-function term and the pathwise sub-cell offset, inhibition of
+    return, GroupNorm in the glimpse encoder; BENCHMARKS.md, "Localization") and its objective
+    (additive, small β and λ), not the
     paper's Gaussian posterior and product objective (README, "How this model differs from the
     paper"). Not yet run at this scale: no GPU cluster has been lent to the project."""
     return TrainConfig(
@@ -201,6 +202,9 @@ def _paper_scale_gpu(dataset: str, sizes: dict[str, Any], parts: bool) -> TrainC
             "inhibit_return": True,
             "glimpse_norm": "group",
             "glimpse_blend": True,  # the box's side is learnt: no jump where its factor changes
+            # the paper's pathwise x, y beside the score term on the cell: as good or better on
+            # the localize tasks (BENCHMARKS.md, "What trains the location")
+            "heatmap_offset": True,
         },
         aux_weight=1.0,
         score_weight=1.0,
