@@ -357,6 +357,8 @@ def _requests(request: PredictRequest) -> Any:
 
 def predict(request: PredictRequest, *, progress: Callable[[str], None]) -> PredictionSummary:
     """Run the prediction pipeline (Ray initialised) and write the Parquet file."""
+    from ray.data import ActorPoolStrategy
+
     from jobs.training.tracking import tracking_uri
 
     start = time.perf_counter()
@@ -367,7 +369,7 @@ def predict(request: PredictRequest, *, progress: Callable[[str], None]) -> Pred
             "tracking_uri": tracking_uri(),
             "annotate": request.annotate,
         },
-        concurrency=request.actors,
+        compute=ActorPoolStrategy(size=request.actors),  # `concurrency` is deprecated
         num_cpus=request.actor_cpus,
         batch_size=request.batch_size,
         batch_format="pyarrow",
