@@ -1,4 +1,5 @@
-"""Tier 1: `model/` is pure PyTorch — it never imports ray, mlflow, pyarrow or s3fs (STYLE.md)."""
+"""Tier 1: `model/` is pure PyTorch — it never imports ray, mlflow, pyarrow or s3fs — and the lower
+layers (`pipelines/`, `model/`, `infra/`) import none of the project's other packages (STYLE.md)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,43 @@ def test_model_imports_no_ray_mlflow_pyarrow_or_s3fs() -> None:
         f.name: found for f in files if (found := forbidden_imports(f.read_text(encoding="utf-8")))
     }
     assert not offenders, f"model/ must stay pure PyTorch, found {offenders}"
+
+
+# Which of the project's packages each lower layer may import (STYLE.md, "Where things live"):
+# `pipelines/` is the data side (Parquet is its only contract with training), `model/` is pure
+# PyTorch, `infra/` starts services; none of them reaches up into `jobs/` or across to another.
+PROJECT = ("jobs", "model", "pipelines", "infra")
+MAY_IMPORT = {"pipelines": {"pipelines"}, "model": {"model"}, "infra": {"infra"}}
+ROOT = MODEL_DIR.parent
+
+
+def project_imports(source: str) -> set[str]:
+    """The project's top-level packages that `source` imports (anywhere, at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found |= {name.split(".")[0] for name in names if name.split(".")[0] in PROJECT}
+    return found
+
+
+def test_project_import_checker_catches_planted_imports() -> None:
+    planted = "import pipelines.tiling\ndef f():\n    from jobs.training import loop\n"
+    assert project_imports(planted) == {"pipelines", "jobs"}
+    assert project_imports("import jobsite\nfrom . import model\n") == set()
+
+
+def test_lower_layers_import_only_themselves() -> None:
+    offenders = {}
+    for package, allowed in MAY_IMPORT.items():
+        files = sorted((ROOT / package).rglob("*.py"))
+        assert files, f"no sources under {ROOT / package}"
+        for path in files:
+            extra = project_imports(path.read_text(encoding="utf-8")) - allowed
+            if extra:
+                offenders[str(path.relative_to(ROOT))] = sorted(extra)
+    assert not offenders, f"a lower layer imports a package above or beside it: {offenders}"
