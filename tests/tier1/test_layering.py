@@ -10,18 +10,20 @@ FORBIDDEN = ("ray", "mlflow", "pyarrow", "s3fs")
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
 
 
-def forbidden_imports(source: str) -> list[str]:
-    """Top-level packages from FORBIDDEN that `source` imports (anywhere, at any depth)."""
+def imported_modules(source: str) -> list[str]:
+    """Every absolute module `source` imports (anywhere, at any depth), in order."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found += [name for name in names if name.split(".")[0] in FORBIDDEN]
+            found.append(node.module)
     return found
+
+
+def forbidden_imports(source: str) -> list[str]:
+    """The modules from FORBIDDEN's packages that `source` imports."""
+    return [name for name in imported_modules(source) if name.split(".")[0] in FORBIDDEN]
 
 
 def test_checker_catches_planted_imports() -> None:
@@ -49,17 +51,8 @@ ROOT = MODEL_DIR.parent
 
 
 def project_imports(source: str) -> set[str]:
-    """The project's top-level packages that `source` imports (anywhere, at any depth)."""
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found |= {name.split(".")[0] for name in names if name.split(".")[0] in PROJECT}
-    return found
+    """The project's top-level packages that `source` imports."""
+    return {name.split(".")[0] for name in imported_modules(source)} & set(PROJECT)
 
 
 def test_project_import_checker_catches_planted_imports() -> None:
