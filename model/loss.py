@@ -12,15 +12,15 @@ negative log-likelihood summed over pixels, mean over glimpses and batch), `aux_
 classifiers, mean over glimpses and batch; weighted into the total by `aux_weight`), and
 `accuracy` (of the final logits; logged, never optimised).
 
-Default: `additive`, what training uses (`TrainConfig.objective`; BENCHMARKS.md, "Localization":
-with the heat-map locator the product localised weakly in 10 epochs). Fitting alone (2-core CPU,
-`saccader_test` with box sides 0.1–0.3, 64 images of 32×32, Adam 3e-3, clip 0.25, 2 seeds; steps to
-100% train accuracy, of at most 600): on a "which quadrant holds the square" task product β=1 took
-80/160 steps, β=5 160/110; additive β=1 λ=1 450/420, β=0.1 λ=0.01 240/100. On random labels product
-took 290/230 (β=1), additive β=1 λ=1 500 and >600. In the sum it is mostly the KL that slows fitting
-(quadrant, 1 seed: β=0 took 100 steps without and 150 with the reconstruction); the product scales
-the VAE terms by the cross-entropy, so they fade as classification improves. That measures fitting
-only, not generalisation or where the glimpses go.
+Default: `additive`, what training uses (`TrainConfig.objective.kind`; BENCHMARKS.md,
+"Localization": with the heat-map locator the product localised weakly in 10 epochs). Fitting alone
+(2-core CPU, `saccader_test` with box sides 0.1–0.3, 64 images of 32×32, Adam 3e-3, clip 0.25, 2
+seeds; steps to 100% train accuracy, of at most 600): on a "which quadrant holds the square" task
+product β=1 took 80/160 steps, β=5 160/110; additive β=1 λ=1 450/420, β=0.1 λ=0.01 240/100. On
+random labels product took 290/230 (β=1), additive β=1 λ=1 500 and >600. In the sum it is mostly the
+KL that slows fitting (quadrant, 1 seed: β=0 took 100 steps without and 150 with the
+reconstruction); the product scales the VAE terms by the cross-entropy, so they fade as
+classification improves. That measures fitting only, not generalisation or where the glimpses go.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class ObjectiveConfig:
     """How the saccader's loss is put together (plain classifiers use only the cross-entropy)."""
 
-    # the paper's bound, as training uses it (TrainConfig.objective); "product": the reference's
+    # "additive": the paper's bound (what the recipes train); "product": the reference code's
     kind: Literal["product", "additive"] = "additive"
     kl_weight: float = 1.0  # β; the paper's product runs used 5.0 (1.8 for StarCraft II)
     recon_weight: float = 1.0  # λ on the proxy reconstruction NLL (additive only)
@@ -64,8 +64,9 @@ class ObjectiveConfig:
         if self.kind not in OBJECTIVES:
             raise ValueError(f"unknown objective kind {self.kind!r}; use one of {OBJECTIVES}")
         for name in WEIGHTS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass

@@ -81,6 +81,11 @@ def config_type(name: str) -> type:
     return _variant(name).config
 
 
+def variant_settings(name: str) -> dict[str, Any]:
+    """What the variant `name` sets beyond its config's defaults (e.g. its locator)."""
+    return dict(_variant(name).defaults)
+
+
 def model_config(name: str, **cfg: Any) -> Any:
     """The config `create_model(name, **cfg)` would use (for logging a run's parameters)."""
     variant = _variant(name)

@@ -2,8 +2,10 @@
 
 Plain PyTorch (no Ray): fresh training canvases every epoch from the train digit pool, a fixed test
 set from the disjoint test pool, at a size where the proxy is too blurred to read the digits. The
-saccader is compared with the proxy-only CNN and the every-pixel (patches) CNN trained on the same
-canvases for the same epochs, and its glimpses with centred boxes of the same sizes (MODEL.md).
+saccader is a training recipe's (`--recipe`, with the train job's `--set` overrides): its model
+settings, objective, per-glimpse targets, box curriculum, batch and learning rate. It is compared
+with the proxy-only CNN and the every-pixel (patches) CNN trained on the same canvases for the same
+epochs, and its glimpses with centred boxes of the same sizes (MODEL.md).
 
 Shape legend: B batch, T glimpses, C channels, H height, W width, N objects, 4 = a normalised box.
 """
@@ -11,6 +13,7 @@ Shape legend: B batch, T glimpses, C channels, H height, W width, N objects, 4 =
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +23,8 @@ import numpy as np
 import torch
 
 from jobs.benchmarks._common import goal, header, table, write_json
-from jobs.training.recipes import SMALL_RESNET, SMALL_SACCADER
+from jobs.training.recipes import SMALL_RESNET, TrainConfig, make_recipe
 from model.interface import Batch
-from model.loss import ObjectiveConfig
 from model.registry import create_model
 from model.step import BoxCurriculum, eval_step, train_step
 from pipelines.digits import load_digits, split_digits
@@ -83,38 +85,19 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=500, help="fixed test canvases")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--minutes", type=float, default=6.0, help="per-model training time cap")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--locator", default="heatmap", choices=["mlp", "heatmap"])
-    p.add_argument("--objective", default="additive", choices=["additive", "product"])
-    p.add_argument("--kl-weight", type=float, default=0.1)
-    p.add_argument("--recon-weight", type=float, default=0.01)
-    p.add_argument("--aux-weight", type=float, default=1.0)
-    p.add_argument("--score-weight", type=float, default=1.0)
-    p.add_argument("--glimpses", type=int, default=2)
-    p.add_argument("--min-fraction", type=float, default=0.25)
-    p.add_argument("--max-fraction", type=float, default=0.3)
     p.add_argument(
-        "--start-fraction",
-        type=float,
-        default=None,
-        help="curriculum: box sides start here (min and max) and shrink linearly to the final ones",
-    )
-    p.add_argument("--curriculum-epochs", type=int, default=4, help="epochs of the box curriculum")
-    p.add_argument("--heatmap-stride", type=int, default=4, help="proxy pixels per locator cell")
-    p.add_argument("--inhibit-return", action="store_true")
-    p.add_argument("--feed-glimpse", action="store_true")
-    p.add_argument(
-        "--parts",
-        action="store_true",
-        help="per-glimpse targets are the label's digits (SaccaderConfig.part_classes)",
+        "--recipe",
+        default="cluttered_cpu",
+        help="the training recipe whose saccader, objective, per-glimpse targets, box "
+        "curriculum, batch and learning rate are used (not its epochs, warm-up or scale)",
     )
     p.add_argument(
-        "--model-set",
+        "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a further SaccaderConfig setting (e.g. heatmap_saliency=20)",
+        help="override a recipe setting as the train job does, e.g. --set model_cfg.glimpses=2 "
+        "--set objective.score_weight=0",
     )
     p.add_argument("--models", default="saccader,proxy_only,patches")
     p.add_argument("--seed", type=int, default=0)
@@ -124,7 +107,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+def recipe_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe after `--set`, for the saccader, its objective, curriculum, batch and lr."""
+    from jobs.common import parse_key_values
+
+    return make_recipe(args.recipe, "-", parse_key_values(list(args.set), flag="--set"))
+
+
+def build(
+    name: str, args: argparse.Namespace, cfg: TrainConfig, num_classes: int
+) -> torch.nn.Module:
     if name == "proxy_only":
         return create_model(
             "proxy_only",
@@ -142,43 +134,9 @@ def build(name: str, args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
             checkpoint=False,
             **SMALL_RESNET,
         )
-    return create_model(
-        "saccader",
-        num_classes=num_classes,
-        in_channels=1,
-        part_classes=cluttered_part_classes(args.task) if args.parts else (),
-        **saccader_cfg(args),
-    )
-
-
-def saccader_cfg(args: argparse.Namespace) -> dict[str, Any]:
-    """The saccader's settings (jobs/training/recipes.py's CPU recipes use the same network)."""
-    return {
-        **SMALL_SACCADER,
-        "proxy_size": args.proxy,
-        "glimpses": args.glimpses,
-        "min_image_fraction": args.min_fraction,
-        "max_image_fraction": args.max_fraction,
-        "locator": args.locator,
-        "heatmap_stride": args.heatmap_stride,
-        "inhibit_return": args.inhibit_return,
-        "feed_glimpse": args.feed_glimpse,
-        **_model_settings(args.model_set),
-    }
-
-
-def _model_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``--model-set`` pairs parsed by the SaccaderConfig field types (as the train job's)."""
-    from jobs.common import parse_key_values
-    from jobs.training.recipes import model_setting_types, parse_setting
-
-    types = model_setting_types("saccader")
-    settings = {}
-    for key, raw in parse_key_values(list(pairs), flag="--model-set").items():
-        if key not in types:
-            raise ValueError(f"--model-set {key}: not a SaccaderConfig setting")
-        settings[key] = parse_setting(key, raw, types[key])
-    return settings
+    parts = [tuple(p) for p in cluttered_part_classes(args.task)]
+    data = {"num_classes": num_classes, "channels": 1, "class_parts": parts}
+    return create_model(cfg.model, **cfg.model_settings(data))
 
 
 def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, Any]:
@@ -216,31 +174,28 @@ def placement(boxes_BT4: torch.Tensor, test: Canvases) -> dict[str, Any]:
     }
 
 
-def train(name: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+def train(
+    name: str, args: argparse.Namespace, cfg: TrainConfig, data: dict[str, Any]
+) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    model = build(name, args, data["cfg"].num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    objective = ObjectiveConfig(
-        kind=args.objective,
-        kl_weight=args.kl_weight,
-        recon_weight=args.recon_weight,
-        aux_weight=args.aux_weight,
-        score_weight=args.score_weight,
-    )
-    # by epoch here (the Ray Train loop steps it by optimiser step)
-    steps = 0 if args.start_fraction is None else args.curriculum_epochs
-    curriculum = BoxCurriculum(args.start_fraction or 0.0, steps)
-    start, epochs, history = time.perf_counter(), 0, []
+    model = build(name, args, cfg, data["cfg"].num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # the recipe's schedule in optimiser steps, sampled at each epoch's first step here (the Ray
+    # Train loop applies it at every step)
+    curriculum = BoxCurriculum(cfg.curriculum_start, cfg.curriculum_steps)
+    batch = cfg.batch_size
+    start, epochs, history, step = time.perf_counter(), 0, [], 0
     for epoch in range(args.epochs):
         if time.perf_counter() - start > 60 * args.minutes:
             break
-        curriculum.apply(model, epoch)
+        curriculum.apply(model, step)
         train_set = data["train"](epoch)
         order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set.labels_B))
         parts = [
-            train_step(model, train_set.batch(order[i : i + args.batch]), optimizer, objective)
-            for i in range(0, len(order) - args.batch + 1, args.batch)
+            train_step(model, train_set.batch(order[i : i + batch]), optimizer, cfg.objective)
+            for i in range(0, len(order) - batch + 1, batch)
         ]
+        step += len(parts)
         epochs += 1
         result = evaluate(model, data["test"], 100)
         history.append(
@@ -254,7 +209,7 @@ def train(name: str, args: argparse.Namespace, data: dict[str, Any]) -> dict[str
     seconds = time.perf_counter() - start
     out = {"model": model, "seconds": seconds, "epochs": epochs, "history": history, **result}
     if name == "saccader":
-        out["location_grad"] = location_gradients(model, data["test"], args.batch)
+        out["location_grad"] = location_gradients(model, data["test"], batch)
     return out
 
 
@@ -281,6 +236,14 @@ def location_gradients(model: torch.nn.Module, test: Canvases, batch: int) -> di
     model.zero_grad()
     model.eval()
     return norms
+
+
+def recipe_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What the benchmark takes of the recipe (printed and recorded with the figures)."""
+    keys = ("model", "model_cfg", "objective", "glimpse_parts", "curriculum_start")
+    values = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    values.update(curriculum_steps=cfg.curriculum_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+    return values
 
 
 def _fmt(row: dict[str, Any]) -> list[str]:
@@ -310,7 +273,9 @@ def main(argv: Sequence[str]) -> int:
         ),
         "test": make_canvases(cfg, pools["test"], seed=args.seed, split="test", n=args.test),
     }
-    results = {name: train(name, args, data) for name in args.models.split(",")}
+    recipe = recipe_config(args)
+    print(f"saccader: recipe {args.recipe}, " + json.dumps(recipe_settings(recipe)), flush=True)
+    results = {name: train(name, args, recipe, data) for name in args.models.split(",")}
     rows = [
         [
             name,
@@ -335,7 +300,7 @@ def main(argv: Sequence[str]) -> int:
             "classification loss's gradient on the location (Σ|∂CE/∂θ|, one test batch): "
             + ", ".join(f"{k} {v:.3g}" for k, v in grads.items())
         )
-    figures = {**info, "args": vars(args), "results": {}}
+    figures = {**info, "args": vars(args), "recipe": recipe_settings(recipe), "results": {}}
     for name, r in results.items():
         figures["results"][name] = {
             k: v for k, v in r.items() if k != "model" and k not in TENSORS and not callable(v)

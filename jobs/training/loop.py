@@ -25,7 +25,6 @@ from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
 from jobs.training.tracking import Tracker
 from model.interface import Batch, BatchClassifier
-from model.loss import ObjectiveConfig
 from model.registry import create_model
 from model.step import BoxCurriculum, LossModule, train_step
 
@@ -37,32 +36,7 @@ PROGRESS_STEPS = 100  # a progress line within long epochs, every this many step
 
 def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
     """The configured model for this dataset's classes and channels."""
-    model_cfg = {
-        "num_classes": data["num_classes"],
-        "in_channels": data["channels"],
-        **cfg.model_cfg,
-    }
-    if cfg.glimpse_parts:
-        if not data.get("class_parts"):
-            raise ValueError(
-                "the recipe sets glimpse_parts but the dataset's manifest has no class_parts "
-                "(its classes have no object parts, e.g. a digit sum): --set glimpse_parts=false"
-            )
-        model_cfg["part_classes"] = data["class_parts"]
-    return create_model(cfg.model, **model_cfg)
-
-
-def objective_of(cfg: TrainConfig) -> ObjectiveConfig:
-    return ObjectiveConfig(
-        kind=cfg.objective,
-        kl_weight=cfg.kl_weight,
-        recon_weight=cfg.recon_weight,
-        aux_weight=cfg.aux_weight,
-        score_weight=cfg.score_weight,
-        locate_weight=cfg.locate_weight,
-        object_targets=cfg.glimpse_objects,
-        guide_glimpses=cfg.guide_glimpses,
-    )
+    return create_model(cfg.model, **cfg.model_settings(data))
 
 
 def _restore(
@@ -109,7 +83,7 @@ def _train_epoch(
     def step(batch: Batch) -> dict[str, float]:
         # the scheduler counts optimiser steps and is checkpointed: a resumed run continues
         before_step(scheduler.last_epoch)
-        return train_step(module, batch, optimizer, objective_of(cfg), clip_value=cfg.clip_value)
+        return train_step(module, batch, optimizer, cfg.objective, clip_value=cfg.clip_value)
 
     for table in shard.iter_batches(
         batch_size=cfg.batch_size,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.loss import OBJECTIVES, WEIGHTS
+from model.loss import ObjectiveConfig
 
 
 @dataclass(kw_only=True)
@@ -23,22 +23,12 @@ class TrainConfig:
 
     dataset: str  # a published dataset version URL: <root>/<version> (local or s3://)
     model: str  # a name from model.registry.list_models()
-    model_cfg: dict[str, Any] = field(default_factory=dict)  # overrides of the model's config
-    objective: str = "additive"  # "additive" (the bound) or "product" (the reference's)
-    kl_weight: float = 1.0  # β on the KL term
-    recon_weight: float = 1.0  # λ on the proxy reconstruction (additive objective)
-    aux_weight: float = 0.0  # weight of the per-glimpse auxiliary cross-entropy
-    score_weight: float = 0.0  # weight of the score-function (REINFORCE) term on the locations
-    # weight of the supervised location term: the heat map learns which cells hold an object
-    # from the dataset's boxes (model.loss.location_nll). Not the paper's, whose location is
-    # learnt from the label alone; 0 keeps it so
-    locate_weight: float = 0.0
-    # saccader: a glimpse whose box holds an object's centre is asked that object's class (from
-    # the dataset's boxes), the others the label's (model.loss.object_targets); not the paper's
-    glimpse_objects: bool = False
-    # saccader: training glimpses are drawn among the cells holding an object (dataset boxes);
-    # inference uses the posterior alone (model.saccader.HeatmapLocator.choose); not the paper's
-    guide_glimpses: bool = False
+    # settings of the model's config dataclass (model.registry.config_type(model)), each of its
+    # field's type; the dataset supplies the rest (classes, channels: `model_settings`)
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    # the loss: the bound's kind and weights, and the training-only terms that are not the
+    # paper's (location from boxes, per-glimpse object targets, guided glimpses)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
     # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
     glimpse_parts: bool = False
@@ -62,8 +52,9 @@ class TrainConfig:
     registered_model: str = "saccade"  # MLflow registry name for the final model
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; use one of {OBJECTIVES}")
+        if isinstance(self.objective, Mapping):  # from a dict (a checkpoint, JSON)
+            self.objective = ObjectiveConfig(**self.objective)
+        self.model_cfg = _typed_model_settings(self.model, self.model_cfg)
         for name in ("epochs", "batch_size", "num_workers", "picture_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -71,10 +62,6 @@ class TrainConfig:
         for name in ("warmup_steps", "seed", "max_failures", "picture_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in WEIGHTS:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.train_images is not None and self.train_images < 1:
             raise ValueError(f"train_images must be >= 1 or none, got {self.train_images}")
         if self.curriculum_steps < 0 or not 0 < self.curriculum_start <= 1:
@@ -94,21 +81,41 @@ class TrainConfig:
         """The heat-map cell is a discrete draw: without the score-function term (or the
         straight-through gradient) nothing teaches it where to look, and it would only follow
         the KL to its prior (MODEL.md; BENCHMARKS.md "Localization", run B)."""
-        cfg = self.model_cfg
+        from model.registry import variant_settings
+
+        cfg, objective = {**variant_settings(self.model), **self.model_cfg}, self.objective
         unguided = (
-            self.score_weight == 0 and self.locate_weight == 0 and not cfg.get("straight_through")
+            objective.score_weight == 0
+            and objective.locate_weight == 0
+            and not cfg.get("straight_through")
         )
         if cfg.get("locator") == "heatmap" and unguided:
             raise ValueError(
                 "model_cfg.locator=heatmap learns where to look only from the score-function "
-                "term: set score_weight > 0 (the CPU recipes use 1.0), locate_weight > 0 (from "
-                "the dataset's boxes) or model_cfg.straight_through=true"
+                "term: set objective.score_weight > 0 (the CPU recipes use 1.0), "
+                "objective.locate_weight > 0 (from the dataset's boxes) or "
+                "model_cfg.straight_through=true"
             )
-        if self.locate_weight > 0 and (self.model != "saccader" or cfg.get("locator") != "heatmap"):
+        if objective.locate_weight > 0 and cfg.get("locator") != "heatmap":
             raise ValueError(
-                "locate_weight > 0 trains the heat-map locator: it needs model=saccader and "
-                "model_cfg.locator=heatmap"
+                "objective.locate_weight > 0 trains the heat-map locator: it needs a saccader "
+                "with model_cfg.locator=heatmap"
             )
+
+    def model_settings(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """`model_cfg` with what a dataset's `data` sets: its manifest's classes and channels
+        and, with `glimpse_parts`, each class's parts (for `create_model(self.model, ...)`)."""
+        settings = {"num_classes": data["num_classes"], "in_channels": data["channels"]}
+        settings.update(self.model_cfg)
+        if self.glimpse_parts:
+            if not data.get("class_parts"):
+                raise ValueError(
+                    "the recipe sets glimpse_parts but the dataset's manifest has no class_parts "
+                    "(its classes have no object parts, e.g. a digit sum): --set "
+                    "glimpse_parts=false"
+                )
+            settings["part_classes"] = data["class_parts"]
+        return settings
 
     def images_per_epoch(self, split_images: int) -> int:
         """What one epoch reads of a training split of `split_images` images."""
@@ -119,10 +126,95 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        return cls(**values)
+        """From `to_dict`'s layout, or the flat one of models and checkpoints saved before the
+        objective had its own dataclass (`RENAMED`)."""
+        values = dict(values)
+        objective = values.pop("objective", {})
+        objective = dict(objective) if isinstance(objective, Mapping) else {"kind": objective}
+        for old, new in RENAMED.items():
+            if old in values:
+                objective[new.removeprefix("objective.")] = values.pop(old)
+        return cls(**values, objective=ObjectiveConfig(**objective))
 
 
-# The CPU recipes' saccader: what `python -m jobs.benchmark localize` measured (its saccader_cfg)
+# Settings that moved into `objective` (their old flat names: --set, MLflow params, checkpoints)
+RENAMED = {
+    "objective": "objective.kind",
+    "kl_weight": "objective.kl_weight",
+    "recon_weight": "objective.recon_weight",
+    "aux_weight": "objective.aux_weight",
+    "score_weight": "objective.score_weight",
+    "locate_weight": "objective.locate_weight",
+    "glimpse_objects": "objective.object_targets",
+    "guide_glimpses": "objective.guide_glimpses",
+}
+
+
+def _typed_model_settings(model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` checked against the fields of `model`'s config dataclass: unknown names and
+    values of another type are refused (ints pass as floats, lists as tuples, e.g. from JSON)."""
+    types = model_setting_types(model)
+    unknown = sorted(set(settings) - set(types))
+    if unknown:
+        raise ValueError(f"unknown {model} settings {unknown}; known: {sorted(types)}")
+    return {key: _of_type(f"model_cfg.{key}", value, types[key]) for key, value in settings.items()}
+
+
+def _of_type(key: str, value: Any, annotation: Any) -> Any:
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        if value is None:
+            return None
+        (annotation,) = [a for a in args if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is tuple and isinstance(value, list | tuple):
+        inner = typing.get_args(annotation)[0]
+        return tuple(_of_type(key, v, inner) for v in value)
+    if annotation is float and type(value) is int:
+        return float(value)
+    # bool is an int in Python: a bool where an int goes (or the reverse) is a mistake
+    plain = origin is None and isinstance(annotation, type)
+    if plain and isinstance(value, annotation) and (annotation is bool) == isinstance(value, bool):
+        return value
+    raise ValueError(f"{key}={value!r} is not of type {_type_name(annotation)}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+# The bound of every saccader recipe: additive, small β and λ (BENCHMARKS.md, "Localization")
+SMALL_BOUND = {"kind": "additive", "kl_weight": 0.1, "recon_weight": 0.01}
+
+
+def _score_trained() -> ObjectiveConfig:
+    """The location trained by the score-function term, the per-glimpse classifier its reward."""
+    return ObjectiveConfig(**SMALL_BOUND, aux_weight=1.0, score_weight=1.0)
+
+
+def _box_taught(*, object_targets: bool) -> ObjectiveConfig:
+    """The location taught from the dataset's boxes, training glimpses guided to objects (not
+    the paper's: README, "How this model differs from the paper")."""
+    return ObjectiveConfig(
+        **SMALL_BOUND,
+        aux_weight=1.0,
+        locate_weight=5.0,
+        object_targets=object_targets,
+        guide_glimpses=True,
+    )
+
+
+# A baseline reads no glimpse: the terms beyond the cross-entropy are off
+CLASSIFIER_ONLY = {
+    "aux_weight": 0.0,
+    "score_weight": 0.0,
+    "locate_weight": 0.0,
+    "object_targets": False,
+    "guide_glimpses": False,
+}
+
+
+# The CPU recipes' saccader network: what `python -m jobs.benchmark localize` measured it with
 SMALL_SACCADER = {"latent": 64, "window": 32, "encoder_width": 16, "encoder_blocks": (1, 1, 1)}
 
 
@@ -168,12 +260,9 @@ def cluttered_cpu(dataset: str) -> TrainConfig:
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
-        aux_weight=1.0,
-        score_weight=1.0,
+        objective=_score_trained(),
         glimpse_parts=True,  # one glimpse sees one digit: its target is one of the pair's digits
         curriculum_steps=250,  # ~8,000 images: the benchmark's 4 epochs of 2,000
-        kl_weight=0.1,
-        recon_weight=0.01,
     )
 
 
@@ -206,11 +295,8 @@ def _paper_scale_gpu(dataset: str, sizes: dict[str, Any], parts: bool) -> TrainC
             # the localize tasks (BENCHMARKS.md, "What trains the location")
             "heatmap_offset": True,
         },
-        aux_weight=1.0,
-        score_weight=1.0,
+        objective=_score_trained(),
         glimpse_parts=parts,
-        kl_weight=0.1,
-        recon_weight=0.01,
         epochs=2000,
         batch_size=REFERENCE_BATCH // GPU_WORKERS,
         lr=1e-3,
@@ -274,10 +360,7 @@ def detail_cpu(dataset: str) -> TrainConfig:
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
-        aux_weight=1.0,
-        score_weight=1.0,
-        kl_weight=0.1,
-        recon_weight=0.01,
+        objective=_score_trained(),
         picture_every=2,
     )
 
@@ -341,11 +424,7 @@ def signs_cpu(dataset: str) -> TrainConfig:
         batch_size=16,
         lr=2e-3,
         warmup_steps=100,
-        aux_weight=1.0,
-        locate_weight=5.0,
-        guide_glimpses=True,
-        kl_weight=0.1,
-        recon_weight=0.01,
+        objective=_box_taught(object_targets=False),
         picture_every=2,
     )
 
@@ -385,12 +464,7 @@ def megapixel_cpu(dataset: str) -> TrainConfig:
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
-        aux_weight=1.0,
-        locate_weight=5.0,
-        glimpse_objects=True,
-        guide_glimpses=True,
-        kl_weight=0.1,
-        recon_weight=0.01,
+        objective=_box_taught(object_targets=True),
         picture_every=2,
     )
 
@@ -410,18 +484,15 @@ def _baseline(
     **changes: Any,
 ) -> Callable[[str], TrainConfig]:
     def recipe(dataset: str) -> TrainConfig:
+        config = base(dataset)
         return dataclasses.replace(
-            base(dataset),
+            config,
             **changes,
             model=name,
             model_cfg=dict(model_cfg or {}),
             warmup_steps=0,
             curriculum_steps=0,
-            aux_weight=0.0,
-            score_weight=0.0,
-            locate_weight=0.0,
-            glimpse_objects=False,
-            guide_glimpses=False,
+            objective=dataclasses.replace(config.objective, **CLASSIFIER_ONLY),
             glimpse_parts=False,
         )
 
@@ -506,20 +577,16 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
 
 def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainConfig:
     """The recipe `name` for `dataset` with `key=value` overrides (``model_cfg.key`` reaches the
-    model's config). Each value is parsed by the annotated type of its field (TrainConfig's, or
-    the model's config dataclass for ``model_cfg.key``); unknown recipes and keys, and values of
-    the wrong type, are named in the error."""
+    model's config, ``objective.key`` the loss's). Each value is parsed by the annotated type of
+    its field (TrainConfig's, ObjectiveConfig's, or the model's config dataclass's); unknown
+    recipes and keys, and values of the wrong type, are named in the error."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; use one of {sorted(RECIPES)}")
     values = RECIPES[name](dataset).to_dict()
-    types = typing.get_type_hints(TrainConfig)
     model_keys = {k: v for k, v in overrides.items() if k.startswith("model_cfg.")}
     for key, raw in overrides.items():
-        if key in model_keys:
-            continue
-        if key not in types or key == "model_cfg":
-            raise ValueError(f"unknown setting {key!r}; known: {sorted(types)} or model_cfg.KEY")
-        values[key] = parse_setting(key, raw, types[key])
+        if key not in model_keys:
+            _set(values, key, raw)
     if model_keys:
         # after the plain settings: `--set model=...` decides which config the keys belong to
         model_types = model_setting_types(values["model"])
@@ -532,6 +599,32 @@ def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainC
                 )
             values["model_cfg"][field_name] = parse_setting(key, raw, model_types[field_name])
     return TrainConfig.from_dict(values)
+
+
+def _set(values: dict[str, Any], key: str, raw: str) -> None:
+    """One ``key=value`` override of a TrainConfig field or of an ``objective.`` field."""
+    if key in RENAMED:
+        raise ValueError(f"setting {key!r} is now {RENAMED[key]!r}: --set {RENAMED[key]}=...")
+    types = typing.get_type_hints(TrainConfig)
+    if key.startswith("objective."):
+        objective_types = typing.get_type_hints(ObjectiveConfig)
+        field_name = key.removeprefix("objective.")
+        if field_name not in objective_types:
+            raise ValueError(
+                f"unknown setting {key!r}; known: "
+                f"{sorted('objective.' + k for k in objective_types)}"
+            )
+        values["objective"][field_name] = parse_setting(key, raw, objective_types[field_name])
+        return
+    if key not in types or key in NESTED:
+        raise ValueError(
+            f"unknown setting {key!r}; known: {sorted(set(types) - set(NESTED))}, "
+            "objective.KEY or model_cfg.KEY"
+        )
+    values[key] = parse_setting(key, raw, types[key])
+
+
+NESTED = ("model_cfg", "objective")  # set through their keys: model_cfg.KEY, objective.KEY
 
 
 def model_setting_types(model: str) -> dict[str, Any]:
@@ -554,6 +647,10 @@ def parse_setting(key: str, raw: str, annotation: Any) -> Any:
             return None
         (annotation,) = [a for a in args if a is not type(None)]
         args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        if raw.strip() not in args:
+            raise ValueError(f"setting {key}={raw!r} must be one of {', '.join(args)}")
+        return raw.strip()
     if annotation is bool:
         if raw.strip().lower() not in BOOL_WORDS:
             raise ValueError(f"setting {key}={raw!r} must be one of true/false/1/0/yes/no")

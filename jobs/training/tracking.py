@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.training.recipes import RENAMED
+
 RUN_NAME_TAG = "saccade.run_name"
 DEFAULT_EXPERIMENT = "saccade"
 
@@ -107,7 +109,10 @@ def _check_same_training(
     run_name: str, logged: Mapping[str, str], params: Mapping[str, Any]
 ) -> None:
     """Resuming `run_name` with another training configuration would continue its checkpoint
-    under the first attempt's logged parameters: refuse, naming what differs."""
+    under the first attempt's logged parameters: refuse, naming what differs. Parameters logged
+    under a setting's former name count as the setting's."""
+    current = {f"train.{old}": f"train.{new}" for old, new in RENAMED.items()}
+    logged = {current.get(k, k): v for k, v in logged.items()}
     changed = sorted(
         k
         for k in logged.keys() | params.keys()

@@ -17,7 +17,6 @@ import torch
 
 from jobs.training.data import manifest_hash, run_on_intact_rows
 from jobs.training.evaluation import evaluate_tables
-from jobs.training.loop import objective_of
 from jobs.training.recipes import make_recipe
 from model.registry import create_model
 from model.step import train_step
@@ -246,7 +245,7 @@ def test_a_training_step_and_an_evaluation_go_on_past_corrupt_rows() -> None:
     table = _replace(table, 3, proxy=b"\x89PNG broken")  # digest mismatch
     model = create_model("saccader_test", num_classes=55, in_channels=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    objective = objective_of(make_recipe("tiny_cpu", "d", {}))
+    objective = make_recipe("tiny_cpu", "d", {}).objective
     done = run_on_intact_rows(table, lambda b: train_step(model, b, optimizer, objective))
     assert done.rows == 2 and len(done.skipped) == 2
     assert np.isfinite(done.result["total"])

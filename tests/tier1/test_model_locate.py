@@ -108,7 +108,7 @@ def test_locate_weight_needs_boxes_and_the_heat_map() -> None:
     with pytest.raises(ValueError, match="needs object boxes"):
         model.loss(batch, ObjectiveConfig(locate_weight=1.0))
     with pytest.raises(ValueError, match="locate_weight > 0 trains the heat-map locator"):
-        make_recipe("tiny_cpu", "data/x/v0001", {"locate_weight": "1"})
+        make_recipe("tiny_cpu", "data/x/v0001", {"objective.locate_weight": "1"})
 
 
 def test_object_targets_name_the_object_under_each_glimpse() -> None:

@@ -61,7 +61,7 @@ def test_tuple_settings_are_comma_separated_ints() -> None:
         ("model_cfg.init_noise", "inf", "must be a finite number"),
         ("lr", "nan", "lr='nan' must be a finite number"),
         ("lr", "-inf", "lr='-inf' must be a finite number"),
-        ("kl_weight", "lots", "kl_weight='lots' is not a valid float"),
+        ("objective.kl_weight", "lots", "kl_weight='lots' is not a valid float"),
         ("epochs", "2.5", "epochs='2.5' is not a valid int"),
         ("model_cfg.wings", "2", "unknown saccader_test settings ['wings']"),
     ],
@@ -88,7 +88,7 @@ def test_model_settings_follow_a_model_override() -> None:
     ("key", "raw", "message"),
     [
         ("max_failures", "-1", "max_failures must be >= 0"),  # Ray's "retry forever"
-        ("kl_weight", "-1", "kl_weight must be a finite number >= 0"),
+        ("objective.kl_weight", "-1", "kl_weight must be a finite number >= 0"),
         ("clip_value", "0", "clip_value must be a finite number > 0"),
         ("cpus_per_worker", "0", "cpus_per_worker must be a finite number > 0"),
         ("warmup_steps", "-5", "warmup_steps must be >= 0"),

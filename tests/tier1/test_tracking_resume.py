@@ -48,3 +48,14 @@ def test_another_configuration_under_the_same_name_is_refused(
     with pytest.raises(ValueError, match="another configuration") as refused:
         start_or_resume_run(experiment, "r", {**FIRST, **change})
     assert named in str(refused.value) and "--name" in str(refused.value)
+
+
+def test_a_run_logged_before_the_objective_was_nested_resumes(experiment: str) -> None:
+    """Runs logged their objective flat (`train.kl_weight`); the same training resumes them, and
+    another weight under the old name is still a change."""
+    old = {**FIRST, "train.objective": "additive", "train.kl_weight": 0.1}
+    run_id = start_or_resume_run(experiment, "r", old)
+    now = {**FIRST, "train.objective.kind": "additive", "train.objective.kl_weight": 0.1}
+    assert start_or_resume_run(experiment, "r", now) == run_id
+    with pytest.raises(ValueError, match=r"train.objective.kl_weight: 0.1 → 0.5"):
+        start_or_resume_run(experiment, "r", {**now, "train.objective.kl_weight": 0.5})

@@ -45,7 +45,7 @@ def test_the_paper_scale_recipes_have_the_reference_batch_and_a_locator_that_lea
     score-function term (the guard would refuse it otherwise)."""
     config = make_recipe(name, "data/x/v0001", {})
     assert config.batch_size * config.num_workers == 100
-    assert config.model_cfg["locator"] == "heatmap" and config.score_weight > 0
+    assert config.model_cfg["locator"] == "heatmap" and config.objective.score_weight > 0
     assert config.use_gpu and config.model_cfg["window"] == 64
 
 
@@ -93,6 +93,49 @@ def test_overrides_are_typed_and_reach_the_model_config() -> None:
     assert (config.epochs, config.use_gpu, config.lr) == (3, False, 0.01)
     assert config.model_cfg["glimpses"] == 3
     assert config.model_cfg["encoder_blocks"] == (1, 1)
+    objective = make_recipe("tiny_cpu", "d", {"objective.kind": "product"}).objective
+    assert objective.kind == "product"
+    kl = make_recipe("tiny_cpu", "d", {"objective.kl_weight": "0.25"}).objective.kl_weight
+    assert kl == 0.25
+
+
+def test_the_objective_is_one_dataclass_and_old_layouts_still_load() -> None:
+    """`TrainConfig.objective` is the `ObjectiveConfig` the loss takes (no copied fields); a
+    config saved flat (registered models and checkpoints of earlier versions) loads into it."""
+    config = make_recipe("megapixel_cpu", "d", {})
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    flat = {k: v for k, v in config.to_dict().items() if k != "objective"}
+    flat.update(
+        objective="additive",
+        kl_weight=0.1,
+        recon_weight=0.01,
+        aux_weight=1.0,
+        score_weight=0.0,
+        locate_weight=5.0,
+        glimpse_objects=True,
+        guide_glimpses=True,
+    )
+    assert TrainConfig.from_dict(flat) == config
+
+
+@pytest.mark.parametrize(
+    ("model_cfg", "message"),
+    [
+        ({"glimpses": "2"}, "model_cfg.glimpses='2' is not of type int"),
+        ({"inhibit_return": 1}, "model_cfg.inhibit_return=1 is not of type bool"),
+        ({"glimpses": True}, "model_cfg.glimpses=True is not of type int"),
+        ({"wings": 2}, r"unknown saccader_test settings \['wings'\]"),
+    ],
+)
+def test_model_settings_are_typed_however_the_config_is_made(model_cfg: dict, message: str) -> None:
+    """Not only `--set`: a config built in code or loaded is checked against the model's config
+    dataclass (ints pass as floats, lists as tuples: what JSON gives back)."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(dataset="d", model="saccader_test", model_cfg=model_cfg)
+    loaded = TrainConfig(
+        dataset="d", model="saccader_test", model_cfg={"encoder_blocks": [1, 1], "init_noise": 0}
+    )
+    assert loaded.model_cfg == {"encoder_blocks": (1, 1), "init_noise": 0.0}
 
 
 @pytest.mark.parametrize(
@@ -100,7 +143,10 @@ def test_overrides_are_typed_and_reach_the_model_config() -> None:
     [
         ({"epochs": "many"}, "setting epochs='many' is not a valid int"),
         ({"epoch": "3"}, "unknown setting 'epoch'"),
-        ({"objective": "sum"}, "unknown objective 'sum'"),
+        ({"objective.kind": "sum"}, "objective.kind='sum' must be one of product, additive"),
+        ({"objective": "product"}, "setting 'objective' is now 'objective.kind'"),
+        ({"kl_weight": "0.1"}, "setting 'kl_weight' is now 'objective.kl_weight'"),
+        ({"objective.beta": "1"}, "unknown setting 'objective.beta'"),
         ({"batch_size": "0"}, "batch_size must be >= 1"),
         ({"use_gpu": "maybe"}, "must be one of true/false/1/0/yes/no"),
     ],
@@ -192,3 +238,19 @@ def test_box_curriculum_shrinks_training_boxes_and_leaves_the_config() -> None:
     assert (model.config.min_image_fraction, model.config.max_image_fraction) == (0.2, 0.3)
     # a model without boxes is left alone
     BoxCurriculum(0.6, 4).apply(create_model("proxy_only_test", num_classes=3, in_channels=1), 0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model_cfg.locator": "heatmap"},
+        {"model": "saccader_heatmap_test"},  # a variant whose own default is the heat map
+        {"model": "saccader_heatmap_test", "objective.kind": "product"},
+    ],
+)
+def test_a_heat_map_that_nothing_teaches_is_refused(overrides: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="learns where to look only from the score-function"):
+        make_recipe("tiny_cpu", "d", overrides)
+    for teacher in ("objective.score_weight", "objective.locate_weight"):
+        make_recipe("tiny_cpu", "d", {**overrides, teacher: "1"})
+    make_recipe("tiny_cpu", "d", {**overrides, "model_cfg.straight_through": "true"})
