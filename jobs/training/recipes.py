@@ -49,7 +49,9 @@ class TrainConfig:
     max_failures: int = 2  # worker-failure restarts from the last checkpoint
     picture_every: int = 5  # epochs between glimpse pictures (and always the last epoch)
     picture_images: int = 8  # fixed validation images drawn in each picture
-    registered_model: str = "saccade"  # MLflow registry name for the final model
+    # MLflow registry name for the final model; `make_recipe` names it after the recipe, so a
+    # smoke run is never a candidate for the production name (`saccade`) unless told so
+    registered_model: str = "saccade"
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, Mapping):  # from a dict (a checkpoint, JSON)
@@ -583,6 +585,7 @@ def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainC
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; use one of {sorted(RECIPES)}")
     values = RECIPES[name](dataset).to_dict()
+    values["registered_model"] = name  # --set registered_model=saccade: a production candidate
     model_keys = {k: v for k, v in overrides.items() if k.startswith("model_cfg.")}
     for key, raw in overrides.items():
         if key not in model_keys:

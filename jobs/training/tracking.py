@@ -90,7 +90,8 @@ def _param_value(value: Any) -> str:
 
 
 # What may change between the attempts of one run: where and how it runs, how long it goes on,
-# the code's commit. Everything else in `train.*` and `dataset.*` is what is being trained.
+# where its model is registered, the code's commit. Everything else in `train.*` and `dataset.*`
+# is what is being trained.
 RESUMABLE_CHANGES = frozenset(
     {
         "train.epochs",
@@ -100,6 +101,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.max_failures",
         "train.picture_every",
         "train.picture_images",
+        "train.registered_model",  # where the result is registered, not what is trained
         "git_commit",
     }
 )

@@ -31,6 +31,9 @@ def test_the_same_training_resumes_its_run(experiment: str) -> None:
     assert start_or_resume_run(experiment, "r", FIRST) == run_id
     longer = {**FIRST, "train.epochs": 6, "train.num_workers": 2, "git_commit": "bbbb"}
     assert start_or_resume_run(experiment, "r", longer) == run_id
+    # a run started before recipes registered under their own names resumes under the new one
+    renamed = {**FIRST, "train.registered_model": "tiny_cpu"}
+    assert start_or_resume_run(experiment, "r", renamed) == run_id
 
 
 @pytest.mark.parametrize(

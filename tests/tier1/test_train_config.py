@@ -254,3 +254,10 @@ def test_a_heat_map_that_nothing_teaches_is_refused(overrides: dict[str, str]) -
     for teacher in ("objective.score_weight", "objective.locate_weight"):
         make_recipe("tiny_cpu", "d", {**overrides, teacher: "1"})
     make_recipe("tiny_cpu", "d", {**overrides, "model_cfg.straight_through": "true"})
+
+
+def test_a_recipe_registers_under_its_own_name_unless_told() -> None:
+    """A smoke run in the production name would become a promotion candidate."""
+    assert make_recipe("tiny_cpu", "d", {}).registered_model == "tiny_cpu"
+    told = make_recipe("tiny_cpu", "d", {"registered_model": "saccade"})
+    assert told.registered_model == "saccade"
