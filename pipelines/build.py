@@ -336,7 +336,7 @@ def _dslr(
             to_hash, override_num_blocks=max(1, math.ceil(len(to_hash) / config.rows_per_file))
         ).map_batches(dslr.hash_files, batch_size=None, batch_format="pyarrow")
         to_hash = hashed.take_all()
-    records = dslr.mark_duplicates(rest + to_hash)
+    records = dslr.in_mixed_order(dslr.mark_duplicates(rest + to_hash))
     ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
         dslr.tile_files,
         batch_size=None,
@@ -371,7 +371,9 @@ def _sc2_replays(
     )
     total = scenes.count()
     say(f"[build] {len(items)} replay files, {total} scenes")
-    ds = scenes.map_batches(
+    # a replay's scenes are consecutive and alike: written in that order, training batches (read
+    # nearly in file order) would hold a few replays each (`dslr.in_mixed_order`, the same trap)
+    ds = scenes.random_shuffle(seed=0).map_batches(
         replays.render_scenes,
         batch_size=config.rows_per_file,
         batch_format="pyarrow",

@@ -52,6 +52,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -346,6 +347,19 @@ def _labels_by_content(ordered: list[dict[str, Any]]) -> dict[str, dict[str | No
         if item["reason"] is None and item["size"] != 0 and item["sha256"] is not None:
             labels.setdefault(item["sha256"], {}).setdefault(item["label_name"], item["ref"])
     return labels
+
+
+def in_mixed_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` in a random order seeded by the inputs, the order their rows are written in.
+
+    Training reads a version's files and rows nearly in order (its shuffle buffer holds a few
+    batches), so rows in listing order, which follows the sorted class folders, would make nearly
+    single-class batches. Seeded by `inputs_fingerprint`: the same inputs write the same files.
+    """
+    rng = random.Random(inputs_fingerprint(records))
+    mixed = sorted(records, key=lambda r: r["_index"])
+    rng.shuffle(mixed)
+    return mixed
 
 
 def inputs_fingerprint(records: list[dict[str, Any]]) -> str:

@@ -55,8 +55,11 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def read_split(version: DatasetVersion, split: str) -> Any:
-    """The split as a Ray Dataset (the shards are plain Parquet; schema checked by open_dataset)."""
+def read_split(version: DatasetVersion, split: str, *, shuffle_seed: int | None = None) -> Any:
+    """The split as a Ray Dataset (the shards are plain Parquet; schema checked by open_dataset).
+    With `shuffle_seed`, its files in another seeded order at each execution (each epoch):
+    training batches then mix files, where a reading in file order with a shuffle buffer of a
+    few batches mixes neighbouring rows only."""
     import ray
 
     files = version.files(split)
@@ -66,7 +69,11 @@ def read_split(version: DatasetVersion, split: str) -> Any:
     # select_columns, not read_parquet(columns=) (deprecated): Ray pushes the projection into
     # the read, so `meta` is still never read
     paths = [prefix + f for f in files]
-    return ray.data.read_parquet(paths, partitioning=None).select_columns(TRAIN_COLUMNS)
+    shuffle = None
+    if shuffle_seed is not None:
+        shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    dataset = ray.data.read_parquet(paths, partitioning=None, shuffle=shuffle)
+    return dataset.select_columns(TRAIN_COLUMNS)
 
 
 def _decode_proxy(index: int, data: bytes) -> np.ndarray:

@@ -124,8 +124,11 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
 
 
 def _train_split(version: DatasetVersion, cfg: TrainConfig) -> Any:
-    split = read_split(version, "train")
-    return split if cfg.train_images is None else split.limit(cfg.train_images)
+    """The training split, its files in a new seeded order each epoch; a budget of
+    `train_images` reads the same first images, in file order, every epoch."""
+    if cfg.train_images is None:
+        return read_split(version, "train", shuffle_seed=cfg.seed)
+    return read_split(version, "train").limit(cfg.train_images)
 
 
 def _absolute(storage: str) -> str:

@@ -24,6 +24,7 @@ from pipelines.dslr import (
     DslrConfig,
     hash_candidates,
     hash_files,
+    in_mixed_order,
     list_photos,
     mark_duplicates,
 )
@@ -446,3 +447,25 @@ def test_only_possible_duplicates_are_hashed_before_tiling(tmp_path: Path) -> No
         "c/empty.jpg": "empty file",
         "c/link.jpg": "duplicate of c/d.png",
     }
+
+
+def test_rows_are_written_in_an_order_seeded_by_the_inputs() -> None:
+    """A permutation, the same whatever order the records arrive in (Ray's hash pass returns
+    them in any order), another for other inputs."""
+    records = [
+        {
+            "_index": i,
+            "ref": f"train/{c}/{i}.jpg",
+            "size": 100 + i,
+            "label_name": c,
+            "split": "train",
+            "box": None,
+        }
+        for i, c in enumerate(["cat"] * 10 + ["dog"] * 10)
+    ]
+    mixed = in_mixed_order(records)
+    assert sorted(r["_index"] for r in mixed) == list(range(20))
+    assert [r["_index"] for r in mixed] != list(range(20))
+    assert in_mixed_order(list(reversed(records))) == mixed
+    other = in_mixed_order([{**r, "size": r["size"] + 1} for r in records])
+    assert [r["_index"] for r in other] != [r["_index"] for r in mixed]
