@@ -23,7 +23,7 @@ from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
 from jobs.training.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
-from jobs.training.tracking import Tracker
+from jobs.training.tracking import StepLog, Tracker
 from model.interface import Batch, BatchClassifier
 from model.registry import create_model
 from model.step import BoxCurriculum, LossModule, train_step
@@ -71,6 +71,7 @@ def _train_epoch(
     *,
     before_step: Callable[[int], None],
     poster: Poster,
+    step_log: StepLog,
 ) -> dict[str, float]:
     import ray.train
 
@@ -100,6 +101,7 @@ def _train_epoch(
         last_intact = table
         parts = done.result
         scheduler.step()
+        step_log.add(scheduler.last_epoch, parts)  # optimiser steps so far, across epochs
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
@@ -113,6 +115,7 @@ def _train_epoch(
                 "epoch %d, step %d: loss %.4g, accuracy %.3f, %.1f samples/s on this worker",
                 *(epoch, steps, mean["total"], mean["accuracy"], rate),
             )
+    step_log.flush()
     seconds = time.perf_counter() - start
     world = ray.train.get_context().get_world_size()
     out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
@@ -177,13 +180,17 @@ def _pictures(
         if drawn is not None and drawn[1].boxes_BT4 is not None:
             batch, prediction = drawn
             path = os.path.join(directory, f"glimpses_epoch{epoch:04d}.png")
-            prediction_picture(batch, prediction, class_names, heading).save(path)
+            picture = prediction_picture(batch, prediction, class_names, heading)
+            picture.save(path)
             tracker.artifact(path, "glimpses")
+            tracker.image(picture, "glimpses", step=epoch)
         png = os.path.join(directory, f"confusion_epoch{epoch:04d}.png")
         title = f"{cfg.model}, validation, epoch {epoch}: {result.images} images, accuracy "
-        confusion_picture(
+        confusion = confusion_picture(
             result.confusion, class_names=class_names, title=f"{title}{result.accuracy:.3f}"
-        ).save(png)
+        )
+        confusion.save(png)
+        tracker.image(confusion, "confusion", step=epoch)
         csv = os.path.join(directory, f"confusion_epoch{epoch:04d}.csv")
         np.savetxt(csv, result.confusion, fmt="%d", delimiter=",")
         tracker.artifact(png, "confusion")
@@ -230,6 +237,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # from the same checkpoint and seeds, they keep their first log, so each epoch is in the
     # run's history once.
     logged = tracker.logged_steps(EPOCH_KEY)
+    step_log = StepLog(tracker)
     for epoch in range(done + 1, cfg.epochs + 1):
         metrics = _train_epoch(
             module,
@@ -240,6 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             device,
             before_step=lambda step: curriculum.apply(model, step),
             poster=poster,
+            step_log=step_log,
         )
         state = None
         if rank == 0:

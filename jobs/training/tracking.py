@@ -10,7 +10,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,15 +214,23 @@ class Tracker:
             self.client = MlflowClient(uri or tracking_uri())
 
     def metrics(self, values: Mapping[str, float], *, step: int) -> None:
-        if self.client is None:
-            return
-        import time
+        self.metric_rows([(step, values)])
 
+    def metric_rows(self, rows: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Several steps' metrics in as few requests as MLflow's batch limit allows."""
+        if self.client is None or not rows:
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in sorted(values.items())]
-        self.client.log_batch(self.run_id, metrics=batch)
+        batch = [Metric(k, float(v), now, step) for step, values in rows for k, v in values.items()]
+        for i in range(0, len(batch), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + METRICS_PER_BATCH])
+
+    def image(self, image: Any, key: str, *, step: int) -> None:
+        """A PIL image as MLflow's step image `key` (the UI's image grid, with a step slider)."""
+        if self.client is not None:
+            self.client.log_image(self.run_id, image, key=key, step=step)
 
     def logged_steps(self, key: str) -> set[int]:
         """The steps at which `key` is already logged in the run (none on a disabled tracker)."""
@@ -232,3 +241,33 @@ class Tracker:
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if self.client is not None:
             self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+
+METRICS_PER_BATCH = 1000  # MLflow's limit of metrics in one log_batch
+
+
+class StepLog:
+    """Per-step training metrics (`step/<part>` at the optimiser step), so MLflow's charts show
+    more than one point an epoch: sent every `every_s` seconds and at each epoch's end. Steps a
+    lost attempt already logged are not logged again (a resumed run retrains them)."""
+
+    def __init__(self, tracker: Tracker, *, every_s: float = 10.0) -> None:
+        self.tracker = tracker
+        self.every_s = every_s
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.sent = time.monotonic()
+        self.logged_up_to = max(tracker.logged_steps(STEP_KEY), default=-1)
+
+    def add(self, step: int, parts: Mapping[str, float]) -> None:
+        if self.tracker.client is None or step <= self.logged_up_to:
+            return
+        self.pending.append((step, {f"step/{k}": v for k, v in parts.items()}))
+        if time.monotonic() - self.sent >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.tracker.metric_rows(self.pending)
+        self.pending, self.sent = [], time.monotonic()
+
+
+STEP_KEY = "step/total"  # a metric every logged step has

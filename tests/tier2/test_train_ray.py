@@ -81,6 +81,17 @@ def test_train_registers_a_model_that_loads_and_predicts(
     glimpses = [a.path for a in client.list_artifacts(outcome.run_id, "glimpses")]
     assert glimpses == ["glimpses/glimpses_epoch0001.png", "glimpses/glimpses_epoch0002.png"]
     assert client.list_artifacts(outcome.run_id, "confusion")
+    # per-step points on the charts: every optimiser step of both epochs, once
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "step/total")]
+    assert len(steps) > 2 and steps == list(range(1, len(steps) + 1))
+    # the pictures as MLflow step images (the UI's image grid): one per key and epoch
+    # (MLflow names them images/<key>+step+<step>+timestamp+...png, beside a compressed copy)
+    images = [
+        a.path.split("/")[-1].split("+") for a in client.list_artifacts(run.info.run_id, "images")
+    ]
+    for key in ("glimpses", "confusion"):
+        logged = [int(p[2]) for p in images if p[0] == key and p[-1].endswith(".png")]
+        assert sorted(logged) == [1, 2], images
 
     mlflow.set_tracking_uri(mlflow_uri)
     model = mlflow.pyfunc.load_model(f"models:/e2e-model/{outcome.model_version}")
