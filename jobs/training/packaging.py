@@ -20,7 +20,7 @@ import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,9 +201,16 @@ def save_pyfunc(state: dict[str, Any], example: pa.Table, path: str) -> None:
 
 
 def log_and_register(
-    state: dict[str, Any], example: pa.Table, *, run_id: str, registered_model: str
+    state: dict[str, Any],
+    example: pa.Table,
+    *,
+    run_id: str,
+    registered_model: str,
+    validation: Mapping[str, float],
 ) -> str:
-    """Log the pyfunc (with its signature) to the run, register it; returns the model version."""
+    """Log the pyfunc (with its signature) to the run, register it; returns the model version.
+    `validation` (``val/*`` of the last epoch) is linked to the logged model as ``val_*``, so
+    MLflow's Models tab shows it (the run's per-epoch ``val/*`` history stays as it was)."""
     import mlflow
 
     from jobs.training.tracking import tracking_uri
@@ -218,4 +225,7 @@ def log_and_register(
                 registered_model_name=registered_model,
                 **_pyfunc_arguments(path, example),
             )
+            linked = {k.replace("/", "_"): v for k, v in validation.items() if k.startswith("val/")}
+            if linked:
+                mlflow.log_metrics(linked, step=int(state.get("epoch", 0)), model_id=info.model_id)
     return str(info.registered_model_version)

@@ -171,7 +171,11 @@ def train(
             )
         example = intact_rows(version.read_head("val", 8, columns=TRAIN_COLUMNS)).slice(0, 2)
         model_version = log_and_register(
-            state, example, run_id=run_id, registered_model=cfg.registered_model
+            state,
+            example,
+            run_id=run_id,
+            registered_model=cfg.registered_model,
+            validation=result.metrics,
         )
         ok = True
     finally:

@@ -55,7 +55,9 @@ def register_constant_model(
     client = MlflowClient(tracking_uri())
     run = client.create_run(ensure_experiment("ops-tests"), run_name=f"{name} answers {answer}")
     example = version.read_head("test", 2, columns=TRAIN_COLUMNS)
-    registered = log_and_register(state, example, run_id=run.info.run_id, registered_model=name)
+    registered = log_and_register(
+        state, example, run_id=run.info.run_id, registered_model=name, validation={}
+    )
     client.set_terminated(run.info.run_id)
     return registered
 

@@ -94,6 +94,11 @@ def test_train_registers_a_model_that_loads_and_predicts(
         assert sorted(logged) == [1, 2], images
 
     mlflow.set_tracking_uri(mlflow_uri)
+    # the last epoch's validation metrics on the logged model (MLflow's Models tab)
+    source = client.get_model_version("e2e-model", outcome.model_version).source
+    model_id = source.removeprefix("models:/")  # the version's logged model
+    linked = {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics}
+    assert linked["val_accuracy"] == outcome.metrics["val/accuracy"] and "val_hit_rate" in linked
     model = mlflow.pyfunc.load_model(f"models:/e2e-model/{outcome.model_version}")
     rows = model_frame(DatasetVersion.open(tiny_dataset).read_head("test", 3))  # tiles packed
     predicted = model.predict(rows)
