@@ -9,23 +9,39 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+# A local job's Ray dashboard starts here (the next free port if taken), not at Ray's 8265: a
+# `ray job submit` to a `ray start` head on 8265 must never reach a job's own local Ray instead.
+LOCAL_DASHBOARD_PORT = 8365
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one.
+
+def init_ray(num_cpus: int | None = None) -> str | None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one,
+    with its dashboard on loopback when Ray's dashboard dependencies (``ray[default]``) are
+    installed. Returns the local dashboard's URL (None: joined a cluster, or no dashboard).
 
     A bare ``ray.init()`` can join a stale cluster left by an earlier ``ray start``; the explicit
     ``address="local"`` avoids that when no cluster was asked for.
     """
+    import importlib.util
+
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        return None
+    dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # one of ray[default]'s
+    context = ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_port=LOCAL_DASHBOARD_PORT,
+        log_to_driver=True,
+    )
+    return f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
 
 
 def run_main(

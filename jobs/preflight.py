@@ -166,12 +166,15 @@ def start_ray(num_cpus: int | None, demand: Demand) -> None:
 
     Local: checked before Ray starts. ``RAY_ADDRESS``: checked right after joining, before any
     task or actor is submitted (a cluster's size is known only to the cluster)."""
+    from jobs import console
     from jobs.common import init_ray
 
     clustered = bool(os.environ.get("RAY_ADDRESS"))
     if not clustered:
         check_demand(demand, local_capacity(num_cpus))
-    init_ray(num_cpus)
+    dashboard = init_ray(num_cpus)
+    if dashboard:
+        console.current().say(f"Ray dashboard: {dashboard} (while this job runs)")
     if clustered:
         check_demand(demand, cluster_capacity())
 

@@ -275,6 +275,8 @@ def test_quickstart_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     internal = [line for line in lines if RAY_OR_MLFLOW.search(line)]
     assert not internal, internal
     assert len(lines) <= 60, result.stdout
+    dashboard = next(line for line in lines if line.startswith("Ray dashboard: "))
+    assert dashboard.startswith("Ray dashboard: http://127.0.0.1:83"), dashboard  # not 8265
     assert sum(1 for line in lines if line.strip().startswith("epoch 1/1:")) == 2  # once a model
     head = lines.index(next(line for line in lines if line.startswith("model ")))
     rows = {line.split()[0]: line.split() for line in lines[head + 2 : head + 4]}
