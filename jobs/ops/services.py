@@ -46,7 +46,45 @@ def check_tracking_server(uri: str | None = None) -> str:
             f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unhealthy: "
             f"HTTP {response.status_code} on /health"
         )
+    _check_api(uri)
     return uri
+
+
+def _check_api(uri: str) -> None:
+    """One real API call: /health answers whatever the Host header, the API only for the hosts
+    the server allows (MLflow 3's `--allowed-hosts`) and with the credentials it wants."""
+    import requests
+
+    headers, auth = {}, None
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    try:
+        response = requests.get(
+            url, params={"max_results": 1}, headers=headers, auth=auth, timeout=TIMEOUT_S
+        )
+    except requests.RequestException as exc:
+        raise ServiceError(
+            f"MLflow tracking server {uri}: {type(exc).__name__} on its API"
+        ) from None
+    if response.status_code == 200:
+        return
+    where = (
+        f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answers /health but refuses its API"
+    )
+    if response.status_code == 403 and "Host header" in response.text:
+        host = uri.split("://", 1)[1].split("/", 1)[0]
+        raise ServiceError(
+            f"{where}: the Host {host} is not allowed; start it with --allowed-hosts {host}"
+        )
+    if response.status_code in (401, 403):
+        raise ServiceError(
+            f"{where}: HTTP {response.status_code}, credentials needed "
+            "(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)"
+        )
+    raise ServiceError(f"{where}: HTTP {response.status_code}")
 
 
 def s3_endpoint() -> str:

@@ -123,15 +123,18 @@ def test_entry_points_name_real_modules_and_parse(manifest: str, argv: list[str]
         assert {s.source for s in specs} <= set(SOURCES)
 
 
-def test_the_cluster_has_a_cpu_head_and_gpu_workers_with_the_shared_environment() -> None:
+def test_the_cluster_has_a_cpu_head_cpu_and_gpu_workers_and_the_shared_environment() -> None:
+    """CPU-only work (builds, evaluation, prediction) has CPU nodes to go to, not GPU ones."""
     (cluster,) = _by_kind("RayCluster")
     (config,) = _by_kind("ConfigMap")
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
-    for group in cluster["spec"]["workerGroupSpecs"]:
-        worker = group["template"]["spec"]["containers"][0]
-        assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    for container in [head, *_walk(cluster["spec"]["workerGroupSpecs"], "containers")[0]]:
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    workers = {k: g["template"]["spec"]["containers"][0] for k, g in groups.items()}
+    assert "nvidia.com/gpu" not in workers["cpu"]["resources"]["limits"]
+    assert workers["gpu"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for container in [head, *workers.values()]:
         refs = [
             ref["configMapRef"]["name"] for ref in container["envFrom"] if "configMapRef" in ref
         ]
@@ -163,3 +166,16 @@ def test_jobs_are_submitted_to_this_cluster_with_the_same_runtime_environment() 
         *(yaml.safe_load(j["spec"]["runtimeEnvYAML"]) for j in _by_kind("RayJob")),
     ]:
         assert not {"pip", "conda", "uv", "py_modules"} & set(runtime_env)
+
+
+def test_the_cluster_asks_for_its_token() -> None:
+    """Ray token authentication: every Ray API call needs the cluster's token, and the CronJob
+    that submits from outside the cluster carries the one KubeRay keeps."""
+    (cluster,) = _by_kind("RayCluster")
+    assert cluster["spec"]["authOptions"]["mode"] == "token"
+    name = cluster["metadata"]["name"]
+    for cron in _by_kind("CronJob"):
+        env = {e["name"]: e for e in _walk(cron, "env")[0]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        secret = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": name, "key": "auth_token"}

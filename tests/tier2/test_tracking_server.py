@@ -1,0 +1,56 @@
+"""Tier 2: the jobs' fail-fast check of an MLflow tracking server makes a real API call, so a
+server that answers /health but refuses the API for this Host (MLflow 3's `--allowed-hosts`,
+what a cluster DNS name meets) is named before any work, with the fix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from jobs.ops.services import ServiceError, check_tracking_server
+
+pytestmark = pytest.mark.tier2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"mlflow server exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server did not answer on {url} in {timeout_s} s")
+
+
+def test_a_host_the_server_does_not_allow_is_named_with_the_fix(tmp_path: Path) -> None:
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/m.db"]
+    command += ["--allowed-hosts", f"localhost:{port}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with (tmp_path / "server.log").open("w") as log:
+        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        _wait_for_health(f"http://127.0.0.1:{port}", server)
+        with pytest.raises(ServiceError, match=f"--allowed-hosts 127.0.0.1:{port}"):
+            check_tracking_server(f"http://127.0.0.1:{port}")  # /health alone would pass
+        assert check_tracking_server(f"http://localhost:{port}") == f"http://localhost:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
