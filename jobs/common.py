@@ -31,6 +31,7 @@ def init_ray(num_cpus: int | None = None) -> str | None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        check_cluster_answers(address)
         ray.init(address=address, log_to_driver=True)
         return None
     dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # one of ray[default]'s
@@ -42,6 +43,29 @@ def init_ray(num_cpus: int | None = None) -> str | None:
         log_to_driver=True,
     )
     return f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_cluster_answers(address: str) -> None:
+    """``ray.init(address=...)`` waits for minutes, silently, on an address where nothing
+    answers: a TCP connection first, so such a ``RAY_ADDRESS`` is named at once. Forms Ray
+    resolves itself (``auto``, a cluster file) are left to it."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({reason}); start the "
+            "cluster, or unset RAY_ADDRESS to run on a local Ray"
+        ) from None
 
 
 def run_main(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -287,3 +288,30 @@ def test_every_job_names_an_unreachable_object_store_before_any_work(
             main(argv)
         assert time.monotonic() - start < 15
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_ray_address_where_nothing_answers_is_named_at_once(tmp_path: Path) -> None:
+    """`ray.init(address=...)` waits for minutes, silently, where no cluster answers; the jobs
+    name such a RAY_ADDRESS in seconds (the build here: it starts Ray before any other work)."""
+    import subprocess
+    import sys
+
+    from cli_support import REPO_ROOT
+
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "PYTHONPATH": str(REPO_ROOT)}
+    start = time.monotonic()
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "jobs.build_dataset", "--source", "cluttered_mnist"),
+            *("--out", str(tmp_path / "cm"), "--train", "4", "--val", "2", "--test", "2"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 60
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: RAY_ADDRESS=127.0.0.1:1: no Ray cluster answers there" in result.stderr
+    assert not list((tmp_path / "cm").glob("v*"))  # nothing published
