@@ -410,6 +410,17 @@ class DatasetVersion:
             return pa.concat_tables(tables)
         return self.read(split, columns).slice(0, 0)
 
+    def iter_tables(
+        self, files: list[str], *, batch_size: int, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
+        """Tables of at most `batch_size` rows from `files` (some of this version's), in order,
+        each file's schema validated; one row group in memory at a time."""
+        for path in files:
+            with open_parquet(self.fs, path) as parquet:
+                validate_schema(parquet.schema_arrow)
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                    yield pa.Table.from_batches([batch])
+
     def read_rejects(self) -> pa.Table:
         """The rejects table of this version (may be empty)."""
         tables = []

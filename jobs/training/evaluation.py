@@ -34,6 +34,7 @@ class EvalResult:
     centred_hits: float = 0.0  # the same for a centred box of the same size
     seconds: float = 0.0  # wall time inside the model (decoding the glimpses' tiles included)
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # skipped rows: (id, reason)
+    corrupt_elsewhere: int = 0  # skipped rows counted by other workers (`reduce_over_workers`)
     confusion: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,12 +71,37 @@ class EvalResult:
             f"{prefix}/accuracy": self.accuracy,
             f"{prefix}/ce": self.ce_sum / max(self.images, 1),
             f"{prefix}/latency_ms": 1000 * self.seconds / max(self.images, 1),
-            f"{prefix}/corrupt_rows": float(len(self.corrupt)),
+            f"{prefix}/corrupt_rows": float(len(self.corrupt) + self.corrupt_elsewhere),
+            f"{prefix}/images": float(self.images),
         }
         if self.glimpses:
             out[f"{prefix}/hit_rate"] = self.hits / self.glimpses
             out[f"{prefix}/centred_hit_rate"] = self.centred_hits / self.glimpses
         return out
+
+
+SUMS = ("images", "correct", "ce_sum", "glimpses", "hits", "centred_hits", "seconds")
+
+
+def reduce_over_workers(result: EvalResult, world: int, device: torch.device) -> EvalResult:
+    """`result` summed over the data-parallel workers, each of which evaluated its own files:
+    every worker gets the whole split's result (a collective: every worker must call it)."""
+    if world == 1:
+        return result
+    sums = [float(getattr(result, name)) for name in SUMS] + [float(len(result.corrupt))]
+    flat = np.concatenate([np.array(sums), result.confusion.ravel().astype(np.float64)])
+    total = torch.tensor(flat, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    values = total.cpu().numpy()
+    merged = EvalResult(num_classes=result.num_classes, corrupt=list(result.corrupt))
+    for i, name in enumerate(SUMS):
+        kind = type(getattr(result, name))
+        setattr(merged, name, kind(round(values[i]) if kind is int else values[i]))
+    merged.corrupt_elsewhere = round(values[len(SUMS)]) - len(result.corrupt)
+    merged.confusion = (
+        values[len(SUMS) + 1 :].round().astype(np.int64).reshape(result.confusion.shape)
+    )
+    return merged
 
 
 def evaluate(model: BatchClassifier, batches: Iterable[Batch], num_classes: int) -> EvalResult:

@@ -1,8 +1,8 @@
 """The Ray Train worker loop: the one place where Ray Train is called (shards, DDP, report).
 
-Per epoch: train on this worker's shard, validate on rank 0, log to MLflow from rank 0, and
-report a checkpoint (model, optimiser, scheduler, epoch) so a failed worker or an interrupted run
-resumes from the last finished epoch.
+Per epoch: train on this worker's shard, validate this worker's share of the validation files
+(summed over the workers), log to MLflow from rank 0, and report a checkpoint (model, optimiser,
+scheduler, epoch) so a failed worker or an interrupted run resumes from the last finished epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.training.data import StepOnRows, run_on_intact_rows
-from jobs.training.evaluation import EvalResult, evaluate_tables, peak_memory_mb
+from jobs.training.data import TRAIN_COLUMNS, StepOnRows, run_on_intact_rows
+from jobs.training.evaluation import (
+    EvalResult,
+    evaluate_tables,
+    peak_memory_mb,
+    reduce_over_workers,
+)
 from jobs.training.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig
@@ -27,11 +32,13 @@ from jobs.training.tracking import StepLog, Tracker
 from model.interface import Batch, BatchClassifier
 from model.registry import create_model
 from model.step import BoxCurriculum, LossModule, train_step
+from pipelines.storage import DatasetVersion
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 EPOCH_KEY = "train/epoch_seconds"  # a metric every epoch logs: which epochs the run has
 PROGRESS_STEPS = 100  # a progress line within long epochs, every this many steps (rank 0)
+VAL_BATCH = 32  # validation images per forward pass
 
 
 def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
@@ -149,12 +156,20 @@ def _sum_over_workers(value: int, world: int, device: torch.device) -> int:
     return int(total.item())
 
 
-def _validate(model: BatchClassifier, num_classes: int, device: torch.device) -> EvalResult:
+def _validate(
+    model: BatchClassifier, url: str, num_classes: int, device: torch.device
+) -> EvalResult:
+    """Every worker evaluates its share of the validation files (file i goes to rank
+    i mod world: each row once, none dropped), and all get the sum."""
     import ray.train
 
-    shard = ray.train.get_dataset_shard("val")
-    tables = ((t, None) for t in shard.iter_batches(batch_size=32, batch_format="pyarrow"))
-    return evaluate_tables(model, tables, num_classes, device=device)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    version = DatasetVersion.open(url)
+    files = version.files("val")[rank::world]
+    tables = version.iter_tables(files, batch_size=VAL_BATCH, columns=TRAIN_COLUMNS)
+    result = evaluate_tables(model, ((t, None) for t in tables), num_classes, device=device)
+    return reduce_over_workers(result, world, device)
 
 
 def _pictures(
@@ -251,8 +266,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step_log=step_log,
         )
         state = None
+        result = _validate(model, cfg.dataset, data["num_classes"], device)  # on every rank
         if rank == 0:
-            result = _validate(model, data["num_classes"], device)
             metrics.update(result.metrics("val"))
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             if epoch not in logged:

@@ -111,7 +111,8 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        datasets={"train": _train_split(version, cfg), "val": read_split(version, "val")},
+        # validation is read by each worker from its share of the files (loop._validate)
+        datasets={"train": _train_split(version, cfg)},
         # Validation runs whole on rank 0; only the training split is sharded.
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(

@@ -124,6 +124,34 @@ def test_train_registers_a_model_that_loads_and_predicts(
         assess("models:/no-such-model/1", tiny_dataset)
 
 
+def test_two_workers_each_validate_their_files_and_agree_with_the_evaluate_job(
+    ray_cluster: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    """Validation is sharded by file across the workers and summed: every row once (none
+    dropped to even the shares), and the same accuracy as evaluating the final model alone."""
+    from pipelines.build import BuildConfig, build_dataset
+
+    url = build_dataset(
+        BuildConfig(
+            source="cluttered_mnist",
+            out=str(tmp_path / "cm"),
+            counts={"train": 16, "val": 12, "test": 4},
+            params={"original_size": 128},
+            tile_size=64,
+            rows_per_file=4,
+        ),
+        progress=lambda _: None,
+    ).url
+    assert len(DatasetVersion.open(url).files("val")) == 3  # 2 for rank 0, 1 for rank 1
+    overrides = {"epochs": "1", "num_workers": "2", "registered_model": "sharded"}
+    outcome = train(_request(url, tmp_path, "sharded", **overrides))
+    assert outcome.metrics["val/images"] == 12
+    report = assess(f"models:/sharded/{outcome.model_version}", url, split="val")
+    assert report.metrics["val/images"] == 12
+    assert outcome.metrics["val/accuracy"] == pytest.approx(report.metrics["val/accuracy"])
+    assert outcome.metrics["val/hit_rate"] == pytest.approx(report.metrics["val/hit_rate"])
+
+
 def test_train_images_caps_what_each_epoch_reads(
     ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
 ) -> None:
