@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from jobs.benchmarks._common import goal, header, table, write_json
+from jobs.common import parse_key_values
 from jobs.training.recipes import SMALL_RESNET, TrainConfig, make_recipe
 from model.interface import Batch
 from model.registry import create_model
@@ -109,8 +110,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def recipe_config(args: argparse.Namespace) -> TrainConfig:
     """The recipe after `--set`, for the saccader, its objective, curriculum, batch and lr."""
-    from jobs.common import parse_key_values
-
     return make_recipe(args.recipe, "-", parse_key_values(list(args.set), flag="--set"))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.loss import ObjectiveConfig
+from model.registry import config_type, variant_settings
 
 
 @dataclass(kw_only=True)
@@ -83,8 +84,6 @@ class TrainConfig:
         """The heat-map cell is a discrete draw: without the score-function term (or the
         straight-through gradient) nothing teaches it where to look, and it would only follow
         the KL to its prior (MODEL.md; BENCHMARKS.md "Localization", run B)."""
-        from model.registry import variant_settings
-
         cfg, objective = {**variant_settings(self.model), **self.model_cfg}, self.objective
         unguided = (
             objective.score_weight == 0
@@ -632,8 +631,6 @@ NESTED = ("model_cfg", "objective")  # set through their keys: model_cfg.KEY, ob
 
 def model_setting_types(model: str) -> dict[str, Any]:
     """The annotated type of each setting of `model`'s config dataclass (for `parse_setting`)."""
-    from model.registry import config_type
-
     return typing.get_type_hints(config_type(model))
 
 
