@@ -398,14 +398,11 @@ class DatasetVersion:
     def read_head(self, split: str, n: int, columns: list[str] | None = None) -> pa.Table:
         """The first ``n`` rows of a split (in file order), reading no more than needed."""
         tables, have = [], 0
-        for path in self.files(split):
-            with open_parquet(self.fs, path) as parquet:
-                validate_schema(parquet.schema_arrow)
-                for batch in parquet.iter_batches(batch_size=max(n, 1), columns=columns):
-                    tables.append(pa.Table.from_batches([batch]).slice(0, n - have))
-                    have += tables[-1].num_rows
-                    if have >= n:
-                        return pa.concat_tables(tables)
+        for table in self.iter_tables(self.files(split), batch_size=max(n, 1), columns=columns):
+            tables.append(table.slice(0, n - have))
+            have += tables[-1].num_rows
+            if have >= n:
+                return pa.concat_tables(tables)
         if tables:
             return pa.concat_tables(tables)
         return self.read(split, columns).slice(0, 0)

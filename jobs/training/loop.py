@@ -156,17 +156,27 @@ def _sum_over_workers(value: int, world: int, device: torch.device) -> int:
     return int(total.item())
 
 
-def _validate(
-    model: BatchClassifier, url: str, num_classes: int, device: torch.device
-) -> EvalResult:
-    """Every worker evaluates its share of the validation files (file i goes to rank
-    i mod world: each row once, none dropped), and all get the sum."""
+def _validation_share(url: str) -> tuple[DatasetVersion, list[str]]:
+    """This worker's share of the validation files: file i goes to rank i mod world (each row
+    once, none dropped to even the shares)."""
     import ray.train
 
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     version = DatasetVersion.open(url)
-    files = version.files("val")[rank::world]
+    return version, version.files("val")[context.get_world_rank() :: context.get_world_size()]
+
+
+def _validate(
+    model: BatchClassifier,
+    share: tuple[DatasetVersion, list[str]],
+    num_classes: int,
+    device: torch.device,
+) -> EvalResult:
+    """Every worker evaluates its share of the validation files, and all get the sum."""
+    import ray.train
+
+    version, files = share
+    world = ray.train.get_context().get_world_size()
     tables = version.iter_tables(files, batch_size=VAL_BATCH, columns=TRAIN_COLUMNS)
     result = evaluate_tables(model, ((t, None) for t in tables), num_classes, device=device)
     return reduce_over_workers(result, world, device)
@@ -253,6 +263,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # run's history once.
     logged = tracker.logged_steps(EPOCH_KEY)
     step_log = StepLog(tracker)
+    val_share = _validation_share(cfg.dataset)
     for epoch in range(done + 1, cfg.epochs + 1):
         metrics = _train_epoch(
             module,
@@ -266,7 +277,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step_log=step_log,
         )
         state = None
-        result = _validate(model, cfg.dataset, data["num_classes"], device)  # on every rank
+        result = _validate(model, val_share, data["num_classes"], device)  # on every rank
         if rank == 0:
             metrics.update(result.metrics("val"))
             metrics["peak_memory_mb"] = peak_memory_mb(device)

@@ -593,13 +593,8 @@ def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainC
         # after the plain settings: `--set model=...` decides which config the keys belong to
         model_types = model_setting_types(values["model"])
         for key, raw in model_keys.items():
-            field_name = key.removeprefix("model_cfg.")
-            if field_name not in model_types:
-                raise ValueError(
-                    f"unknown {values['model']} settings [{field_name!r}]; known: "
-                    f"{sorted(model_types)}"
-                )
-            values["model_cfg"][field_name] = parse_setting(key, raw, model_types[field_name])
+            unknown = f"unknown {values['model']} settings [{key.removeprefix('model_cfg.')!r}]"
+            _set_field(values["model_cfg"], key, raw, model_types, unknown)
     return TrainConfig.from_dict(values)
 
 
@@ -610,13 +605,7 @@ def _set(values: dict[str, Any], key: str, raw: str) -> None:
     types = typing.get_type_hints(TrainConfig)
     if key.startswith("objective."):
         objective_types = typing.get_type_hints(ObjectiveConfig)
-        field_name = key.removeprefix("objective.")
-        if field_name not in objective_types:
-            raise ValueError(
-                f"unknown setting {key!r}; known: "
-                f"{sorted('objective.' + k for k in objective_types)}"
-            )
-        values["objective"][field_name] = parse_setting(key, raw, objective_types[field_name])
+        _set_field(values["objective"], key, raw, objective_types, f"unknown setting {key!r}")
         return
     if key not in types or key in NESTED:
         raise ValueError(
@@ -627,6 +616,17 @@ def _set(values: dict[str, Any], key: str, raw: str) -> None:
 
 
 NESTED = ("model_cfg", "objective")  # set through their keys: model_cfg.KEY, objective.KEY
+
+
+def _set_field(
+    target: dict[str, Any], key: str, raw: str, types: Mapping[str, Any], unknown: str
+) -> None:
+    """``<nested>.<field>=raw`` into `target` (a nested config's values), parsed by the field's
+    type in `types`; an unknown field is refused with `unknown` and the known ones."""
+    prefix, _, field_name = key.partition(".")
+    if field_name not in types:
+        raise ValueError(f"{unknown}; known: {sorted(f'{prefix}.{k}' for k in types)}")
+    target[field_name] = parse_setting(key, raw, types[field_name])
 
 
 def model_setting_types(model: str) -> dict[str, Any]:

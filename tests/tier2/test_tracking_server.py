@@ -5,7 +5,6 @@ what a cluster DNS name meets) is named before any work, with the fix."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ops_support import free_port_block
 
 from jobs.ops.services import ServiceError, check_tracking_server
 
 pytestmark = pytest.mark.tier2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -39,7 +33,7 @@ def _wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 120
 
 
 def test_a_host_the_server_does_not_allow_is_named_with_the_fix(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port_block(1)
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/m.db"]
     command += ["--allowed-hosts", f"localhost:{port}"]
