@@ -59,6 +59,12 @@ class ObjectiveConfig:
     # training glimpses drawn from q restricted to the cells that hold an object (where any is
     # left), so the glimpse classifier reads objects while q still learns where they are
     guide_glimpses: bool = False
+    # guide_glimpses: draw uniformly among the cells within this many cells (either way) of an
+    # object's, not from q on the object's cell alone. Each epoch then reads each object at a new
+    # offset in the glimpse: without it the glimpse classifier of `signs_cpu` memorised the 2,000
+    # photos' fixed glimpses (BENCHMARKS.md, "Street signs"). The location term still teaches
+    # the object's own cell.
+    guide_radius: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -67,6 +73,10 @@ class ObjectiveConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.guide_radius < 0 or (self.guide_radius and not self.guide_glimpses):
+            raise ValueError(
+                f"guide_radius must be >= 0 and needs guide_glimpses, got {self.guide_radius}"
+            )
 
 
 @dataclass

@@ -96,6 +96,16 @@ class _Cell:
     log_q_B: torch.Tensor  # log q of the chosen cell
 
 
+def dilate_cells(cells_BG: torch.Tensor, grid: int, radius: int) -> torch.Tensor:
+    """B×G: the cells within `radius` cells (either way, on the grid×grid heat map) of a cell
+    of `cells_BG`; radius 0: `cells_BG` itself."""
+    if radius == 0:
+        return cells_BG
+    cells_B1HW = cells_BG.view(-1, 1, grid, grid).float()
+    grown_B1HW = F.max_pool2d(cells_B1HW, 2 * radius + 1, stride=1, padding=radius)
+    return grown_B1HW.flatten(1) > 0
+
+
 class HeatmapLocator(nn.Module):
     """q(cell | x̃, h̄) and p(cell | h̄) over a G×G grid of proxy cells.
 
@@ -221,17 +231,20 @@ class HeatmapLocator(nn.Module):
         straight_through: bool,
         centres_BG2: torch.Tensor | None = None,
         guide_BG: torch.Tensor | None = None,
+        guide_uniform: bool = False,
     ) -> _Cell:
         """A cell drawn from q (training) or its mode (inference), and what comes with it: its
         centre, or its entry of `centres_BG2` (per image: the brightest blob's, `refine`).
         `guide_BG` (training, `guide_glimpses`): draw from q restricted to those cells where an
-        image has one left; the KL and log q stay the whole posterior's."""
+        image has one left; the KL and log q stay the whole posterior's. `guide_uniform`: draw
+        uniformly among those cells instead (`ObjectiveConfig.guide_radius`)."""
         if sample:
             draw_BG = log_q_BG
             if guide_BG is not None:
                 allowed_BG = guide_BG & (log_q_BG > -1e3)  # not masked by inhibition of return
                 allowed_BG |= ~allowed_BG.any(dim=1, keepdim=True)  # none left: the whole q
-                draw_BG = log_q_BG.detach().masked_fill(~allowed_BG, -1e9)
+                base_BG = torch.zeros_like(log_q_BG) if guide_uniform else log_q_BG.detach()
+                draw_BG = base_BG.masked_fill(~allowed_BG, -1e9)
             cell_B = torch.distributions.Categorical(logits=draw_BG).sample()
         else:
             cell_B = log_q_BG.argmax(dim=1)
@@ -335,10 +348,12 @@ class Saccader(BatchClassifier):
         sample: bool | None = None,
         reconstruct: bool = True,
         guide_BG: torch.Tensor | None = None,
+        guide_uniform: bool = False,
     ) -> SaccaderOutput:
         """T glimpses and the class scores. `sample`: draw z from q (default: in training).
         `reconstruct`: decode the proxy (the bound's term; a prediction does not need it).
-        `guide_BG`: the cells sampled glimpses are drawn among (`HeatmapLocator.choose`)."""
+        `guide_BG`, `guide_uniform`: the cells sampled glimpses are drawn among, and how
+        (`HeatmapLocator.choose`)."""
         sample = self.training if sample is None else sample
         cfg = self.config
         f_BL = self.proxy_encoder(resize_square(proxy_BCHW, cfg.proxy_size))
@@ -348,7 +363,9 @@ class Saccader(BatchClassifier):
         for _ in range(cfg.glimpses):
             h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
             visited = [s.boxes_B4 for s in steps]
-            where = self._locate(f_BL, h_BL, scene, visited, sample=sample, guide_BG=guide_BG)
+            where = self._locate(
+                f_BL, h_BL, scene, visited, sample=sample, guide_BG=guide_BG, uniform=guide_uniform
+            )
             g_BL = self.glimpse_encoder(
                 read_glimpses(
                     reader,
@@ -433,6 +450,7 @@ class Saccader(BatchClassifier):
         *,
         sample: bool,
         guide_BG: torch.Tensor | None = None,
+        uniform: bool = False,
     ) -> _Location:
         """Where glimpse t looks. The paper's locator: z = (scale, x, y) from the Gaussian
         posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
@@ -461,6 +479,7 @@ class Saccader(BatchClassifier):
             straight_through=cfg.straight_through,
             centres_BG2=scene.peaks_BG2,
             guide_BG=guide_BG,
+            guide_uniform=uniform,
         )
         z = self._gaussian(
             torch.cat([f_BL, h_BL, cell.key_BL.detach()], dim=1), h_BL, sample=sample
@@ -478,7 +497,13 @@ class Saccader(BatchClassifier):
         guide_BG = None
         if objective.guide_glimpses:
             guide_BG = self._object_cells(batch.gt_boxes, "guide_glimpses")
-        out = self(batch.proxy_BCHW, batch.region_reader(), guide_BG=guide_BG)
+            guide_BG = dilate_cells(guide_BG, self.heatmap.grid, objective.guide_radius)
+        out = self(
+            batch.proxy_BCHW,
+            batch.region_reader(),
+            guide_BG=guide_BG,
+            guide_uniform=objective.guide_radius > 0,
+        )
         assert out.recon_BTCHW is not None  # reconstruct=True by default
         target_BCHW = resize_square(batch.proxy_BCHW, self.config.proxy_size)
         locate_nll_BT = None

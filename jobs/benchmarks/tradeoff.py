@@ -1,7 +1,7 @@
 """Trade-off benchmark (issue 11): accuracy against inference cost, from the same trained models.
 
     python -m jobs.benchmark tradeoff --dataset ROOT/vNNNN --recipes R1,R2,... [--seeds 0,1]
-        [--set KEY=VALUE ...] [--state DIR] [--tag TAG] [--json FILE]
+        [--set KEY=VALUE ...] [--state DIR] [--tag [RECIPE=]TAG,...] [--json FILE]
 
 One row per model: each recipe once, and a saccader recipe once per seed (baselines take the
 first seed). For each model, three phases, each in processes of its own so that memory and Ray
@@ -22,9 +22,10 @@ Resumable per model and per phase: each finished phase is written to ``--state D
 rerun skips it; a training interrupted midway resumes from its last checkpoint (the train job
 resumes by run name), and a finished training found in MLflow is never repeated. The run name and
 the state key hash the dataset, recipe, seed and overrides, so other settings make other models; the
-code is not in the key, so after a model change give a new ``--tag``. ``--json FILE`` writes
-``tradeoff_json``'s layout: top-level ``dataset``, ``source``, ``image_size``, ``date``, ``machine``
-(and the command, commit, settings) and ``rows``.
+code is not in the key, so after a model change give a new ``--tag``: ``--tag v2`` renames every
+model, ``--tag signs_cpu=v2`` only that recipe's (the others keep their trained models).
+``--json FILE`` writes ``tradeoff_json``'s layout: top-level ``dataset``, ``source``,
+``image_size``, ``date``, ``machine`` (and the command, commit, settings) and ``rows``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tag",
         default="",
         help="part of every model's key and run name: new models after a code change (the "
-        "key covers the dataset, recipe, seed and --set, not the code)",
+        "key covers the dataset, recipe, seed and --set, not the code); RECIPE=TAG,... tags "
+        "only those recipes' models",
     )
     p.add_argument("--json", help="write the rows and the run's details to this file")
     p.add_argument(
@@ -123,7 +125,7 @@ def plan_models(
     recipes: Sequence[str],
     seeds: Sequence[int],
     overrides: Mapping[str, str],
-    tag: str = "",
+    tag: str | Mapping[str, str] = "",
 ) -> list[ModelPlan]:
     """The models in table order; unknown recipes, bad overrides and impossible model settings
     fail here, before anything runs."""
@@ -134,13 +136,19 @@ def plan_models(
     plans = []
     for recipe in recipes:
         config = make_recipe(recipe, dataset, overrides)
+        recipe_tag = tag.get(recipe, "") if isinstance(tag, Mapping) else tag
         kind = KINDS.get(config_type(config.model).__name__, config.model)
         for seed in seeds if kind == "saccader" else seeds[:1]:
             settings = {"registered_model": f"tradeoff-{recipe}", **overrides, "seed": str(seed)}
             make_recipe(recipe, dataset, settings)
-            parts = [dataset, recipe, sorted(settings.items()), *([tag] if tag else [])]
+            parts = [
+                dataset,
+                recipe,
+                sorted(settings.items()),
+                *([recipe_tag] if recipe_tag else []),
+            ]
             digest = json.dumps(parts).encode()  # untagged keys as before tags existed
-            name = f"{recipe}-{tag}" if tag else recipe
+            name = f"{recipe}-{recipe_tag}" if recipe_tag else recipe
             key = f"{name}-seed{seed}-{hashlib.sha256(digest).hexdigest()[:10]}"
             plans.append(ModelPlan(recipe, seed, kind, settings, key))
     return plans
@@ -327,6 +335,20 @@ def _say(prefix: str) -> Any:
     return say
 
 
+def _tags(text: str, recipes: Sequence[str]) -> str | dict[str, str]:
+    """--tag: one tag for every model, or RECIPE=TAG pairs for some recipes' models."""
+    if "=" not in text:
+        pairs = {"": text}
+    else:
+        pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+    for recipe, tag in pairs.items():
+        if recipe and recipe not in recipes:
+            raise ValueError(f"--tag {text!r}: {recipe!r} is not one of --recipes {list(recipes)}")
+        if not tag.replace("-", "").replace("_", "").isalnum() and (tag or recipe):
+            raise ValueError(f"--tag {text!r}: use letters, digits, '-' and '_' only")
+    return pairs.get("", pairs)
+
+
 def check_dataset(dataset: str) -> dict[str, Any]:
     """The version's manifest; refused when it cannot fill a batch of the largest size."""
     from jobs.training.data import open_dataset
@@ -351,9 +373,8 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not recipes:
         raise ValueError("--recipes is empty; give at least one recipe")
-    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only")
-    plans = plan_models(args.dataset, recipes, _ints(args.seeds, "--seeds"), overrides, args.tag)
+    tags = _tags(args.tag, recipes)
+    plans = plan_models(args.dataset, recipes, _ints(args.seeds, "--seeds"), overrides, tags)
     return args, check_dataset(args.dataset), plans
 
 

@@ -250,7 +250,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     done = _restore(model, optimizer, scheduler)
     torch.manual_seed(cfg.seed * 1009 + rank + 7919 * done)  # sampling noise differs per rank
-    module = ray.train.torch.prepare_model(LossModule(model))
+    # Some parameters get no gradient in some configurations (a one-glimpse saccader's LSTM:
+    # its state after the last glimpse is never read), which DDP refuses unless told to look.
+    module = ray.train.torch.prepare_model(
+        LossModule(model), parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
     tracker = Tracker(loop_config["run_id"], enabled=rank == 0, uri=loop_config["tracking_uri"])
     pictures = loop_config.get("picture_rows")
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None

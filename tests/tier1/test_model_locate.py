@@ -13,6 +13,7 @@ from model.interface import Batch
 from model.layers import SmallResNet
 from model.loss import ObjectiveConfig, glimpse_log_likelihood, location_nll, object_targets
 from model.registry import create_model
+from model.saccader import dilate_cells
 from model.step import hit_rate
 
 
@@ -161,6 +162,63 @@ def test_guided_training_glimpses_hold_the_objects() -> None:
     assert hit_rate(free.boxes_BT4[:, :1], batch.gt_boxes) <= 0.5
     parts = model.loss(batch, ObjectiveConfig(guide_glimpses=True, locate_weight=1.0))
     assert torch.isfinite(parts.total)
+
+
+def _drawn_cells(model: torch.nn.Module, log_q_BG: torch.Tensor, **guide: object) -> set[int]:
+    """The cells 400 guided draws from `log_q_BG` chose (recovered from their centres)."""
+    heatmap = model.heatmap
+    keys_BGL = torch.zeros(*log_q_BG.shape, 4)
+    cells = set()
+    for _ in range(400):
+        cell = heatmap.choose(
+            log_q_BG, log_q_BG, keys_BGL, sample=True, straight_through=False, **guide
+        )
+        distance_G = (heatmap.centres_G2 - cell.centre_B2[0]).abs().sum(dim=1)
+        cells.add(int(distance_G.argmin()))
+    return cells
+
+
+def test_guide_radius_draws_every_neighbouring_cell_whatever_q() -> None:
+    """guide_radius: the training glimpse is drawn uniformly among the 3×3 cells around the
+    object's, even where q already sits on the object's cell (so the offset keeps changing);
+    without it, guided draws follow q onto that one cell."""
+    torch.manual_seed(0)
+    model = _square_finder()
+    grid = model.heatmap.grid
+    centre = (grid // 2) * grid + grid // 2
+    cells_BG = torch.zeros(1, grid * grid, dtype=torch.bool)
+    cells_BG[0, centre] = True
+    log_q_BG = torch.full((1, grid * grid), -30.0)
+    log_q_BG[0, centre] = 0.0  # q: all its mass on the object's cell
+    around = {centre + dy * grid + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    grown_BG = dilate_cells(cells_BG, grid, 1)
+    assert set(grown_BG[0].nonzero().flatten().tolist()) == around
+    assert _drawn_cells(model, log_q_BG, guide_BG=grown_BG, guide_uniform=True) == around
+    assert _drawn_cells(model, log_q_BG, guide_BG=grown_BG) == {centre}
+    assert _drawn_cells(model, log_q_BG, guide_BG=cells_BG, guide_uniform=True) == {centre}
+
+
+def test_the_loss_guides_with_the_objectives_radius(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.loss hands forward the grown cells and the uniform draw only when guide_radius
+    is set."""
+    model = _square_finder()
+    batch = _find_the_square_batch(torch.Generator().manual_seed(3))
+    seen = []
+    forward = model.forward
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append((kwargs["guide_BG"].sum().item(), kwargs["guide_uniform"]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    model.train()
+    for radius in (0, 1):
+        model.loss(batch, ObjectiveConfig(guide_glimpses=True, guide_radius=radius))
+    (cells_0, uniform_0), (cells_1, uniform_1) = seen
+    assert cells_0 == len(batch.gt_boxes) and not uniform_0
+    assert cells_1 >= 4 * cells_0 and uniform_1
+    with pytest.raises(ValueError, match="needs guide_glimpses"):
+        ObjectiveConfig(guide_radius=1)
 
 
 def test_a_blank_glimpse_keeps_the_group_norm_gradients_bounded() -> None:

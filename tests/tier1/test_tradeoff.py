@@ -10,7 +10,7 @@ from cli_support import assert_clear_failure, run_job
 
 from jobs.benchmarks._common import infer_stored, time_inference
 from jobs.benchmarks._tradeoff import ROW_FIELDS, tradeoff_row, union_area
-from jobs.benchmarks.tradeoff import State, plan_models
+from jobs.benchmarks.tradeoff import State, _tags, plan_models
 from model.registry import create_model
 from pipelines.region import TiledImage
 from pipelines.tiling import encode_proxy, make_proxy
@@ -37,6 +37,22 @@ def test_plan_one_row_per_saccader_seed_and_one_per_baseline() -> None:
     assert tagged.run_name.startswith("tradeoff-tiny_cpu-v2-seed3-")
     # Keys are what resumes a recorded run: an untagged key must not change between versions.
     assert again.key == "tiny_cpu-seed3-1173c182cc"
+
+
+def test_a_recipe_tag_renames_that_recipes_models_only() -> None:
+    """--tag RECIPE=TAG: new models for a changed recipe, the others keep their keys."""
+    recipes = ["tiny_cpu", "tiny_cpu_proxy_only"]
+    untagged = plan_models("data/x/v0001", recipes, [3], {})
+    tags = _tags("tiny_cpu=v2", recipes)
+    assert tags == {"tiny_cpu": "v2"}
+    tagged = plan_models("data/x/v0001", recipes, [3], {}, tags)
+    assert tagged[0].key.startswith("tiny_cpu-v2-seed3-") and tagged[0].key != untagged[0].key
+    assert tagged[1].key == untagged[1].key
+    assert _tags("v2", recipes) == "v2"
+    with pytest.raises(ValueError, match="'nope' is not one of --recipes"):
+        _tags("nope=v2", recipes)
+    with pytest.raises(ValueError, match="letters, digits"):
+        _tags("tiny_cpu=", recipes)
 
 
 @pytest.mark.parametrize(
