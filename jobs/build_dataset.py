@@ -16,10 +16,8 @@ from jobs import console
 from jobs.common import JobParser, parse_key_values, run_main
 from jobs.ops.services import check_object_store
 from jobs.preflight import BUILD_DEMAND, positive_int, start_ray
-from pipelines.build import BuildConfig, BuildSummary, build_dataset, preflight
+from pipelines.build import DEFAULT_COUNTS, BuildConfig, BuildSummary, build_dataset, preflight
 from pipelines.sources import FILE_SOURCES, SOURCES
-
-COUNTS = {"train": 512, "val": 128, "test": 128}  # default images per split of a generated source
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -28,7 +26,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="dataset root: a local path or s3://bucket/prefix")
     p.add_argument("--version", help="version name (default: the next vNNNN under --out)")
     p.add_argument("--seed", type=int, default=0)
-    for split, n in COUNTS.items():
+    for split, n in DEFAULT_COUNTS.items():
         p.add_argument(f"--{split}", type=int, help=f"{split} images of a generated source ({n})")
     p.add_argument("--input", help="dslr / sc2_replays: input folder or s3:// prefix")
     p.add_argument("--labels", help="dslr: labels CSV (path,label[,split])")
@@ -54,12 +52,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _counts(args: argparse.Namespace) -> dict[str, int]:
-    given = {s: getattr(args, s) for s in COUNTS if getattr(args, s) is not None}
+    given = {s: getattr(args, s) for s in DEFAULT_COUNTS if getattr(args, s) is not None}
     if args.source in FILE_SOURCES and given:
         logging.warning(
             "--%s ignored: a file source's splits come from its input", "/--".join(given)
         )
-    return {**COUNTS, **given}
+    return {**DEFAULT_COUNTS, **given}
 
 
 def _params(args: argparse.Namespace) -> dict[str, str]:

