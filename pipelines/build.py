@@ -246,10 +246,8 @@ def build_dataset(
     try:
         if isinstance(source, SyntheticSource):
             plan = _generated(config, source, source_config, tile_format)
-        elif config.source == "dslr":
-            plan = _dslr(config, source_config, tile_format, say)
         else:
-            plan = _sc2_replays(config, source_config, tile_format, say)
+            plan = FILE_PLANS[source.name](config, source_config, tile_format, say)
         ds = plan.ds.map_batches(
             write_shard,
             batch_size=None,
@@ -382,6 +380,14 @@ def _sc2_replays(
     )
     inputs = {"replays": len(items), "scenes": total}
     return _Plan(ds, total, list(SPLITS), replays.replay_class_names(), inputs)
+
+
+# How each file source's records become staging rows (`FileSource`, pipelines.sources): its
+# listing, Ray stages and input description. A new file source registers here.
+FILE_PLANS: dict[str, Callable[[BuildConfig, Any, str, Callable[[str], None]], _Plan]] = {
+    "dslr": _dslr,
+    "sc2_replays": _sc2_replays,
+}
 
 
 def _collect(
