@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "dslr": "DSLR photo ingest (real stage and Ray Data build) against its decode + encode floor",
     "tradeoff": "train, evaluate and time each recipe on one dataset: accuracy against cost",
     "scale": "glimpse jumps where the pooling factor changes, one factor against blended",
+    "reader": "how many steps a recipe's glimpse encoder needs to read centred objects",
 }
 
 

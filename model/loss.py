@@ -61,9 +61,9 @@ class ObjectiveConfig:
     guide_glimpses: bool = False
     # guide_glimpses: draw uniformly among the cells within this many cells (either way) of an
     # object's, not from q on the object's cell alone. Each epoch then reads each object at a new
-    # offset in the glimpse: without it the glimpse classifier of `signs_cpu` memorised the 2,000
-    # photos' fixed glimpses (BENCHMARKS.md, "Street signs"). The location term still teaches
-    # the object's own cell.
+    # offset in the glimpse: with one fixed glimpse per photo, `signs_cpu`'s glimpse encoder
+    # memorised the 2,000 photos and read fewer test signs (BENCHMARKS.md, "Street signs"). The
+    # location term still teaches the object's own cell.
     guide_radius: int = 0
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from jobs.benchmarks import reader
 from jobs.benchmarks._tradeoff import ROW_FIELDS
 
 pytestmark = pytest.mark.tier2
@@ -158,3 +159,19 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
     assert [(r["run_id"], r["model_uri"]) for r in lost] == [
         (r["run_id"], r["model_uri"]) for r in rows
     ]
+
+
+def test_the_reader_benchmark_trains_the_recipes_glimpse_encoder(
+    tiny_dataset: str, tmp_path: Path
+) -> None:
+    """`jobs.benchmark reader`: glimpses centred on the dataset's boxes, the recipe's encoder
+    trained on them, its test curve in the JSON; a baseline recipe reads no glimpse."""
+    out = tmp_path / "reader.json"
+    argv = ["--dataset", tiny_dataset, "--recipe", "tiny_cpu", "--steps", "4", "--every", "2"]
+    assert reader.main([*argv, "--shift", "fixed", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert [c["step"] for c in figures["curve"]] == [2, 4]
+    assert all(0 <= c["test_accuracy"] <= 1 and c["train_loss"] > 0 for c in figures["curve"])
+    assert figures["recipe"] == "tiny_cpu" and figures["shift"] == "fixed"
+    with pytest.raises(ValueError, match="reads no glimpse"):
+        reader.main(["--dataset", tiny_dataset, "--recipe", "tiny_cpu_proxy_only", "--steps", "1"])
