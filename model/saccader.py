@@ -364,7 +364,13 @@ class Saccader(BatchClassifier):
             h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
             visited = [s.boxes_B4 for s in steps]
             where = self._locate(
-                f_BL, h_BL, scene, visited, sample=sample, guide_BG=guide_BG, uniform=guide_uniform
+                f_BL,
+                h_BL,
+                scene,
+                visited,
+                sample=sample,
+                guide_BG=guide_BG,
+                guide_uniform=guide_uniform,
             )
             g_BL = self.glimpse_encoder(
                 read_glimpses(
@@ -450,7 +456,7 @@ class Saccader(BatchClassifier):
         *,
         sample: bool,
         guide_BG: torch.Tensor | None = None,
-        uniform: bool = False,
+        guide_uniform: bool = False,
     ) -> _Location:
         """Where glimpse t looks. The paper's locator: z = (scale, x, y) from the Gaussian
         posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
@@ -479,7 +485,7 @@ class Saccader(BatchClassifier):
             straight_through=cfg.straight_through,
             centres_BG2=scene.peaks_BG2,
             guide_BG=guide_BG,
-            guide_uniform=uniform,
+            guide_uniform=guide_uniform,
         )
         z = self._gaussian(
             torch.cat([f_BL, h_BL, cell.key_BL.detach()], dim=1), h_BL, sample=sample

@@ -340,7 +340,10 @@ def _tags(text: str, recipes: Sequence[str]) -> str | dict[str, str]:
     if "=" not in text:
         pairs = {"": text}
     else:
-        pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if any("=" not in item for item in items):
+            raise ValueError(f"--tag {text!r}: give one TAG, or RECIPE=TAG pairs only")
+        pairs = dict(item.split("=", 1) for item in items)
     for recipe, tag in pairs.items():
         if recipe and recipe not in recipes:
             raise ValueError(f"--tag {text!r}: {recipe!r} is not one of --recipes {list(recipes)}")

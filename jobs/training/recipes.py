@@ -406,8 +406,9 @@ def signs_cpu(dataset: str) -> TrainConfig:
     window. In training the glimpse is drawn near the sign (`guide_glimpses`: uniformly among the
     3×3 cells around its centre's, `guide_radius`), so the glimpse classifier reads signs from the
     first step, each epoch at a new offset. Alone on such glimpses the glimpse encoder sits at
-    chance for ~700 steps of 32 and reads 0.95 of test signs after ~2,500: hence 40 epochs of the
-    2,000 photos (2,480 steps) on two workers. Measured in BENCHMARKS.md ("Headline")."""
+    chance for ~750 steps of 32 and reads 0.95 of test signs after ~3,000 (`jobs.benchmark
+    reader`): hence 40 epochs of the 2,000 photos (2,480 steps) on two workers. Measured in
+    BENCHMARKS.md ("Headline")."""
     return TrainConfig(
         dataset=dataset,
         model="saccader",
@@ -476,11 +477,11 @@ def megapixel_cpu(dataset: str) -> TrainConfig:
 
 def signs_cpu_3g(dataset: str) -> TrainConfig:
     """`signs_cpu` with three glimpses and inhibition of return. With one glimpse the locator's
-    first choice held the sign in ~0.4 of validation photos: in the 256-px proxy the speed-limit
-    sign is 3–7 px and looks like the other white signs with a red ring, so its first guess is
-    often one of those. Three glimpses read the three likeliest signs; the final classifier
-    reads the mean of their features. In training the first glimpse is guided to the sign
-    (`guide_radius`), the others drawn from the posterior elsewhere."""
+    first choice held the sign in about half the test photos (hit-rate 0.503): in the 256-px
+    proxy the speed-limit sign is 3–7 px and looks like the other white signs with a red ring,
+    so its first guess is often one of those. Three glimpses read the three likeliest signs; the
+    final classifier reads the mean of their features. In training the first glimpse is guided
+    to the sign (`guide_radius`), the others drawn from the posterior elsewhere."""
     base = signs_cpu(dataset)
     return dataclasses.replace(
         base, model_cfg={**base.model_cfg, "glimpses": 3, "inhibit_return": True}

@@ -53,6 +53,8 @@ def test_a_recipe_tag_renames_that_recipes_models_only() -> None:
         _tags("nope=v2", recipes)
     with pytest.raises(ValueError, match="letters, digits"):
         _tags("tiny_cpu=", recipes)
+    with pytest.raises(ValueError, match="RECIPE=TAG pairs only"):
+        _tags("tiny_cpu=v2,v3", recipes)
 
 
 @pytest.mark.parametrize(
