@@ -39,10 +39,23 @@ def init_ray(num_cpus: int | None = None) -> str | None:
         address="local",
         num_cpus=num_cpus,
         include_dashboard=dashboard,
-        dashboard_port=LOCAL_DASHBOARD_PORT,
+        # Ray refuses a taken port rather than moving on: a second local job (a build while a
+        # training runs) would fail at start-up
+        dashboard_port=free_local_port(LOCAL_DASHBOARD_PORT) if dashboard else None,
         log_to_driver=True,
     )
     return f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
+
+
+def free_local_port(first: int, tries: int = 100) -> int:
+    """The first port from `first` on that nothing listens on at loopback."""
+    import socket
+
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise ValueError(f"no free port in {first}..{first + tries - 1} for the local Ray dashboard")
 
 
 CONNECT_TIMEOUT_S = 10.0

@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     "metrics": result.metrics,
                     "per_class": result.per_class,
+                    "confusion": result.confusion,
                     "run_id": result.run_id,
                     "corrupt_rows": [list(c) for c in result.corrupt],
                 },

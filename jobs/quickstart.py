@@ -23,7 +23,7 @@ from typing import Any
 
 from jobs import console
 from jobs.benchmarks._common import write_json
-from jobs.benchmarks._tradeoff import measure_model, tradeoff_json, tradeoff_row
+from jobs.benchmarks._tradeoff import evaluated, measure_model, tradeoff_json, tradeoff_row
 from jobs.benchmarks.tradeoff import finished_training
 from jobs.build_dataset import build_with_progress
 from jobs.common import JobParser, run_main
@@ -138,12 +138,7 @@ def _evaluate(model_uri: str, dataset: str) -> dict[str, Any]:
         if subprocess.run(command, stdout=sys.stderr).returncode != 0:
             raise RuntimeError(f"evaluating {model_uri} failed; its output is in the log")
         with open(path) as f:
-            metrics = json.load(f)["metrics"]
-    return {
-        "accuracy": metrics["test/accuracy"],
-        "hit_rate": metrics.get("test/hit_rate"),
-        "centred_hit_rate": metrics.get("test/centred_hit_rate"),
-    }
+            return evaluated(json.load(f)["metrics"])
 
 
 def _row(label: str, outcome: TrainOutcome, images: int, dataset: str, seed: int) -> dict:

@@ -56,6 +56,10 @@ class ObjectiveConfig:
     # per-glimpse targets from the dataset's objects: a glimpse whose box holds an object's centre
     # is asked that object's class, the others the label's (`object_targets`); not the paper's
     object_targets: bool = False
+    # for a count label (StarCraft II's marines): each glimpse is asked how many objects' centres
+    # its box holds (`count_targets`), not the whole image's count, which no one glimpse can see;
+    # the final classifier still answers the image's count. Not the paper's
+    glimpse_counts: bool = False
     # training glimpses drawn from q restricted to the cells that hold an object (where any is
     # left), so the glimpse classifier reads objects while q still learns where they are
     guide_glimpses: bool = False
@@ -73,6 +77,8 @@ class ObjectiveConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.glimpse_counts and self.object_targets:
+            raise ValueError("glimpse_counts and object_targets are two kinds of glimpse target")
         if self.guide_radius < 0 or (self.guide_radius and not self.guide_glimpses):
             raise ValueError(
                 f"guide_radius must be >= 0 and needs guide_glimpses, got {self.guide_radius}"
@@ -256,3 +262,14 @@ def object_targets(
         hit_T = inside_TN.any(dim=1)
         targets_BTK[b, hit_T] = named_TK[hit_T]
     return targets_BTK
+
+
+def count_targets(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor], K: int) -> torch.Tensor:
+    """B×T×K one-hot per-glimpse targets for a count label: the number of objects whose centres
+    glimpse t's box holds (`centres_inside`), capped at K − 1 (class k means k objects)."""
+    B, T = boxes_BT4.shape[:2]
+    counts_BT = torch.zeros(B, T, dtype=torch.long, device=boxes_BT4.device)
+    for b, objects_N4 in enumerate(gt_boxes):
+        if objects_N4.numel():
+            counts_BT[b] = centres_inside(boxes_BT4[b].detach(), objects_N4).sum(dim=1)
+    return F.one_hot(counts_BT.clamp(max=K - 1), K).bool()

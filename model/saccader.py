@@ -29,6 +29,7 @@ from model.layers import SmallResNet, mlp, resize_square
 from model.loss import (
     LossParts,
     ObjectiveConfig,
+    count_targets,
     gaussian_kl,
     location_nll,
     object_targets,
@@ -526,6 +527,13 @@ class Saccader(BatchClassifier):
                     "object_targets needs object boxes and classes in the dataset (its `boxes`)"
                 )
             targets_BK = object_targets(out.boxes_BT4, batch.gt_boxes, batch.gt_classes, targets_BK)
+        elif objective.glimpse_counts:
+            if batch.gt_boxes is None or self.part_head is not None:
+                raise ValueError(
+                    "glimpse_counts needs object boxes in the dataset (its `boxes`) and the "
+                    "label's classes as glimpse classes (no part_classes)"
+                )
+            targets_BK = count_targets(out.boxes_BT4, batch.gt_boxes, targets_BK.shape[1])
         return saccader_objective(
             logits_BK=out.logits_BK,
             labels_B=batch.labels_B,

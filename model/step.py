@@ -90,8 +90,9 @@ def train_step(
 
 def eval_step(model: BatchClassifier, batch: Batch) -> dict[str, Any]:
     """Evaluate `batch` in eval mode (deterministic): cross-entropy, accuracy, the prediction,
-    and — when the model returns boxes and the batch has object boxes — the glimpse hit-rate
-    beside that of centred boxes of the same sizes (the honest yardstick, MODEL.md)."""
+    and — when the model returns boxes and the batch has object boxes — the glimpse hit-rate and
+    the objects covered, each beside centred boxes of the same sizes (the honest yardstick,
+    MODEL.md)."""
     model.eval()
     prediction = model.predict(batch)
     out: dict[str, Any] = {
@@ -102,6 +103,11 @@ def eval_step(model: BatchClassifier, batch: Batch) -> dict[str, Any]:
     if prediction.boxes_BT4 is not None and batch.gt_boxes is not None:
         out["hit_rate"] = hit_rate(prediction.boxes_BT4, batch.gt_boxes)
         out["centred_hit_rate"] = centred_hit_rate(prediction.boxes_BT4, batch.gt_boxes)
+        out["objects"], out["covered"] = object_coverage(prediction.boxes_BT4, batch.gt_boxes)
+        centred = centred_boxes(prediction.boxes_BT4.flatten(0, 1))
+        _, out["centred_covered"] = object_coverage(
+            centred.view_as(prediction.boxes_BT4), batch.gt_boxes
+        )
     return out
 
 
@@ -120,3 +126,14 @@ def hit_rate(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:
             continue
         hits.append(centres_inside(boxes_T4, objects_N4).any(dim=1))
     return float(torch.cat(hits).float().mean())
+
+
+def object_coverage(boxes_BT4: torch.Tensor, gt_boxes: list[torch.Tensor]) -> tuple[int, int]:
+    """(objects, objects whose centre lies in at least one of their image's glimpse boxes): for
+    a count (StarCraft II's marines), how many of the counted things some glimpse saw."""
+    objects = covered = 0
+    for boxes_T4, objects_N4 in zip(boxes_BT4, gt_boxes, strict=True):
+        objects += int(objects_N4.shape[0])
+        if objects_N4.numel():
+            covered += int(centres_inside(boxes_T4, objects_N4).any(dim=0).sum())
+    return objects, covered

@@ -465,6 +465,7 @@ def _manifest(
         "source": config.source,
         "class_names": plan.class_names,
         "num_classes": len(plan.class_names),
+        "label_kind": get_source(config.source).label_kind,
         "counts": rows,
         "rejects": rejects,
         "bytes": nbytes,

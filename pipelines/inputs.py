@@ -164,9 +164,12 @@ def hash_split(ref: str, *, val_fraction: float, test_fraction: float) -> str:
 
 
 def check_fractions(owner: str, val_fraction: float, test_fraction: float) -> None:
-    """Validate split fractions of a config named ``owner``."""
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+    """Validate split fractions of a config named ``owner``. They may sum to 1: a dataset with
+    no training split is an evaluation set (StarCraft II's real replays, scored by models trained
+    on simulated scenes)."""
+    fractions = (val_fraction, test_fraction)
+    if not (all(0 <= f <= 1 for f in fractions) and sum(fractions) <= 1):
         raise ValueError(
             f"{owner}: val_fraction={val_fraction} and test_fraction={test_fraction} must be in "
-            "[0, 1) and leave room for training (sum < 1)"
+            "[0, 1] and sum to at most 1"
         )

@@ -46,6 +46,27 @@ from pipelines.synthetic import (
 )
 from pipelines.tiling import image_row, reject_row
 
+# What a label is, as the manifest's ``label_kind`` says: a class, or a count whose class names are
+# the counts themselves ("0", "1", ...), so that evaluation can also score how far off a predicted
+# count is (mean absolute error, share within one). A manifest without the field holds classes.
+CLASS_LABEL, COUNT_LABEL = "class", "count"
+LABEL_KINDS = (CLASS_LABEL, COUNT_LABEL)
+
+
+def label_counts(manifest: Mapping[str, Any]) -> list[int] | None:
+    """For a count label, what each class counts (its name read as a number); None for classes."""
+    kind = manifest.get("label_kind", CLASS_LABEL)
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"manifest label_kind {kind!r} is not one of {list(LABEL_KINDS)}")
+    if kind == CLASS_LABEL:
+        return None
+    try:
+        return [int(name) for name in manifest["class_names"]]
+    except ValueError:
+        raise ValueError(
+            f"a count label needs numeric class names, got {manifest['class_names'][:5]}..."
+        ) from None
+
 
 @dataclass(frozen=True)
 class SyntheticSource:
@@ -62,6 +83,7 @@ class SyntheticSource:
     uses_digits: bool = True  # whether generate takes the split's MNIST digit pool
     # Per class, the object classes one glimpse may show (a pair's digits); () when none apply.
     class_parts: Callable[[Any], tuple[tuple[int, ...], ...]] = lambda cfg: ()
+    label_kind: str = CLASS_LABEL  # the manifest's ``label_kind`` (see LABEL_KINDS)
 
     def sample(self, config: Any, digits: DigitSet | None, rng: np.random.Generator) -> Sample:
         """One sample, passing the digit pool only to generators that take one."""
@@ -77,6 +99,7 @@ class FileSource:
     name: str
     config_cls: type
     tile_format: str
+    label_kind: str = CLASS_LABEL  # the manifest's ``label_kind`` (see LABEL_KINDS)
 
 
 SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
@@ -109,12 +132,15 @@ SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
         generate=generate_sc2_sim,
         class_names=lambda cfg: sim_class_names(),
         uses_digits=False,
+        label_kind=COUNT_LABEL,
     ),
 }
 
 FILE_SOURCES: dict[str, FileSource] = {
     "dslr": FileSource(name="dslr", config_cls=DslrConfig, tile_format="jpeg"),
-    "sc2_replays": FileSource(name="sc2_replays", config_cls=Sc2ReplayConfig, tile_format="png"),
+    "sc2_replays": FileSource(
+        name="sc2_replays", config_cls=Sc2ReplayConfig, tile_format="png", label_kind=COUNT_LABEL
+    ),
 }
 
 SOURCES: dict[str, SyntheticSource | FileSource] = {**SYNTHETIC_SOURCES, **FILE_SOURCES}

@@ -37,13 +37,26 @@ KINDS = {
     "PatchesConfig": "every pixel",
     "ProxyOnlyConfig": "proxy-only",
 }
+# What a row takes from the evaluate job beside the accuracy, each null where it does not apply.
+EVALUATED = (
+    "within_one",
+    "mae",
+    "hit_rate",
+    "centred_hit_rate",
+    "object_coverage",
+    "centred_object_coverage",
+)
 ROW_FIELDS = (
     "model",
     "recipe",
     "seed",
     "accuracy",
+    "within_one",
+    "mae",
     "hit_rate",
     "centred_hit_rate",
+    "object_coverage",
+    "centred_object_coverage",
     "ms_per_image_b1",
     "ms_per_image_b16",
     "peak_mb_b1",
@@ -227,7 +240,8 @@ def tradeoff_row(
     measured: Mapping[str, Any],
     train_images: int,
 ) -> dict[str, Any]:
-    """One model's row: exactly ``ROW_FIELDS`` (hit-rates null for models without glimpses)."""
+    """One model's row: exactly ``ROW_FIELDS`` (hit-rates and coverage null for models without
+    glimpses, count errors null for a dataset whose label is not a count)."""
     seconds = float(training["train_seconds"])
     epochs = int(training["epochs"])
     row = {
@@ -235,8 +249,7 @@ def tradeoff_row(
         "recipe": recipe,
         "seed": int(seed),
         "accuracy": float(evaluation["accuracy"]),
-        "hit_rate": _float_or_none(evaluation.get("hit_rate")),
-        "centred_hit_rate": _float_or_none(evaluation.get("centred_hit_rate")),
+        **{k: _float_or_none(evaluation.get(k)) for k in EVALUATED},
         **{f"ms_per_image_b{b}": float(measured[f"ms_per_image_b{b}"]) for b in BATCHES},
         **{f"peak_mb_b{b}": float(measured[f"peak_mb_b{b}"]) for b in BATCHES},
         "looked_fraction": _float_or_none(measured.get("looked_fraction")),
@@ -250,6 +263,12 @@ def tradeoff_row(
     }
     assert tuple(row) == ROW_FIELDS
     return row
+
+
+def evaluated(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """What a row takes from the evaluate job's test-split metrics (``test/...``)."""
+    extra = {k: metrics.get(f"test/{k}") for k in EVALUATED}
+    return {"accuracy": metrics["test/accuracy"], **extra}
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -298,6 +317,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "epochs",
     ]
     keys = ["model", "recipe", "seed", "accuracy", "hit_rate", "centred_hit_rate"]
+    if any(r.get("mae") is not None for r in rows):  # a count: how far off, how much was seen
+        headers[4:4] = ["MAE", "within 1"]
+        headers[8:8] = ["covered", "centred"]
+        keys = [*keys[:4], "mae", "within_one", *keys[4:], "object_coverage"]
+        keys += ["centred_object_coverage"]
     keys += ["ms_per_image_b1", "ms_per_image_b16", "peak_mb_b1", "peak_mb_b16"]
     keys += ["looked_fraction", "tiles_decoded_fraction", "train_seconds", "train_samples_per_s"]
     keys += ["epochs"]

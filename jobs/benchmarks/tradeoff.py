@@ -48,6 +48,7 @@ from jobs.benchmarks._tradeoff import (
     BATCHES,
     KINDS,
     draw_picture,
+    evaluated,
     format_table,
     measure_model,
     tradeoff_json,
@@ -252,13 +253,7 @@ def evaluate_model(model_uri: str, dataset: str, log: Path) -> dict[str, Any]:
         path = os.path.join(directory, "eval.json")
         _job("jobs.evaluate", ["--model", model_uri, "--dataset", dataset, "--json", path], log)
         result = json.loads(Path(path).read_text())
-    metrics = result["metrics"]
-    return {
-        "accuracy": metrics["test/accuracy"],
-        "hit_rate": metrics.get("test/hit_rate"),
-        "centred_hit_rate": metrics.get("test/centred_hit_rate"),
-        "evaluation_run_id": result["run_id"],
-    }
+    return {**evaluated(result["metrics"]), "evaluation_run_id": result["run_id"]}
 
 
 # ---------------------------------------------------------------------------------------------

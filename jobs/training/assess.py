@@ -18,6 +18,7 @@ from jobs.training.evaluation import EvalResult, PeakRss, evaluate_tables
 from jobs.training.tracking import ensure_experiment, tracking_uri
 from model.interface import BatchClassifier
 from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
+from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion, open_parquet
 
 EVAL_EXPERIMENT = "saccade-evaluations"
@@ -32,6 +33,8 @@ class Assessment:
     split: str
     metrics: dict[str, float]
     per_class: dict[str, float]
+    # {"class_names": [...], "matrix": rows = true class, columns = predicted, image counts}
+    confusion: dict[str, Any]
     run_id: str
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # skipped rows: (id, reason)
 
@@ -81,9 +84,10 @@ def assess(
     tags: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Assessment:
-    """Accuracy (overall and per class), localisation, latency and peak memory, logged as a run
-    of the evaluations experiment tagged with the model and the dataset version. `progress` gets
-    the number of rows of each table once it is evaluated."""
+    """Accuracy (overall, per class, the confusion matrix; for a count label its errors),
+    localisation, latency and peak memory, logged as a run of the evaluations experiment tagged
+    with the model and the dataset version. `progress` gets the number of rows of each table
+    once it is evaluated."""
     version = open_dataset(dataset)
     model_tags = _model_tags(model_uri)  # before loading: an alias could move meanwhile
     model_uri_loaded = (
@@ -102,7 +106,7 @@ def assess(
         )
     # The dataset as read: a copy whose bytes changed is another dataset, whatever its manifest.
     seen = observed_manifest(version.manifest, {split: observed.hexdigest()})
-    metrics = result.metrics(split)
+    metrics = result.metrics(split, label_counts(version.manifest))
     # Peak resident-set growth while evaluating (model already loaded): what inference needed.
     metrics[f"{split}/peak_memory_growth_mb"] = memory.growth_mb
     metrics[f"{split}/peak_rss_mb"] = memory.peak_mb
@@ -110,15 +114,16 @@ def assess(
     per_class = {
         names[k] if k < len(names) else str(k): v for k, v in result.per_class_accuracy().items()
     }
-    run_id = _log(
-        model_uri, version, seen, split, metrics, per_class, {**model_tags, **(tags or {})}
-    )
+    confusion = {"class_names": names, "matrix": result.confusion.tolist()}
+    figures = {"per_class_accuracy": per_class, "confusion": confusion}
+    run_id = _log(model_uri, version, seen, split, metrics, figures, {**model_tags, **(tags or {})})
     return Assessment(
         model_uri=model_uri,
         dataset=dataset,
         split=split,
         metrics=metrics,
         per_class=per_class,
+        confusion=confusion,
         run_id=run_id,
         corrupt=result.corrupt,
     )
@@ -130,9 +135,11 @@ def _log(
     manifest: dict[str, Any],
     split: str,
     metrics: dict[str, float],
-    per_class: dict[str, float],
+    figures: dict[str, dict[str, Any]],
     tags: dict[str, str],
 ) -> str:
+    """One evaluations-experiment run: the metrics, and each of `figures` as
+    ``<split>_<name>.json``."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -148,7 +155,8 @@ def _log(
         )
         mlflow.log_params({"split": split, "dataset.url": version.url})
         mlflow.log_metrics(metrics)
-        mlflow.log_dict(per_class, f"{split}_per_class_accuracy.json")
+        for name, figure in figures.items():
+            mlflow.log_dict(figure, f"{split}_{name}.json")
     return run.info.run_id
 
 

@@ -1,6 +1,7 @@
 """Evaluate a model over batches: accuracy (overall and per class), the confusion matrix, the
-glimpse localisation score beside a centred box of the same size, latency and peak memory, and
-the rows skipped as corrupt (counted, never fatal)."""
+glimpse localisation scores beside a centred box of the same size, for a count label how far off
+the predicted counts are, latency and peak memory, and the rows skipped as corrupt (counted, never
+fatal)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,9 @@ class EvalResult:
     glimpses: int = 0  # glimpses on images that have ground-truth boxes
     hits: float = 0.0  # of those, glimpses whose box contains an object's centre
     centred_hits: float = 0.0  # the same for a centred box of the same size
+    objects: int = 0  # ground-truth objects on images the model glimpsed
+    covered: int = 0  # of those, objects whose centre some glimpse box holds
+    centred_covered: int = 0  # the same for centred boxes of the same sizes
     seconds: float = 0.0  # wall time inside the model (decoding the glimpses' tiles included)
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # skipped rows: (id, reason)
     corrupt_elsewhere: int = 0  # skipped rows counted by other workers (`reduce_over_workers`)
@@ -55,6 +59,9 @@ class EvalResult:
             self.glimpses += g
             self.hits += out["hit_rate"] * g
             self.centred_hits += out["centred_hit_rate"] * g
+            self.objects += out["objects"]
+            self.covered += out["covered"]
+            self.centred_covered += out["centred_covered"]
 
     @property
     def accuracy(self) -> float:
@@ -66,7 +73,22 @@ class EvalResult:
             k: float(self.confusion[k, k] / totals[k]) for k in range(self.num_classes) if totals[k]
         }
 
-    def metrics(self, prefix: str) -> dict[str, float]:
+    def count_errors(self, counts: Sequence[int]) -> dict[str, float]:
+        """``mae`` (mean absolute error of the predicted count) and ``within_one`` (share of
+        images whose predicted count is within ±1), where class k means `counts[k]` things."""
+        values = np.asarray(counts, dtype=np.float64)
+        if values.shape != (self.num_classes,):
+            raise ValueError(f"{len(values)} counts for {self.num_classes} classes")
+        error = np.abs(values[:, None] - values[None, :])  # [truth, predicted]
+        n = max(self.images, 1)
+        return {
+            "mae": float((self.confusion * error).sum() / n),
+            "within_one": float(self.confusion[error <= 1].sum() / n),
+        }
+
+    def metrics(self, prefix: str, counts: Sequence[int] | None = None) -> dict[str, float]:
+        """The figures under `prefix`; `counts` (class k means counts[k] things) adds the count
+        errors."""
         out = {
             f"{prefix}/accuracy": self.accuracy,
             f"{prefix}/ce": self.ce_sum / max(self.images, 1),
@@ -77,10 +99,26 @@ class EvalResult:
         if self.glimpses:
             out[f"{prefix}/hit_rate"] = self.hits / self.glimpses
             out[f"{prefix}/centred_hit_rate"] = self.centred_hits / self.glimpses
+        if self.objects:
+            out[f"{prefix}/object_coverage"] = self.covered / self.objects
+            out[f"{prefix}/centred_object_coverage"] = self.centred_covered / self.objects
+        if counts is not None:
+            out.update({f"{prefix}/{k}": v for k, v in self.count_errors(counts).items()})
         return out
 
 
-SUMS = ("images", "correct", "ce_sum", "glimpses", "hits", "centred_hits", "seconds")
+SUMS = (
+    "images",
+    "correct",
+    "ce_sum",
+    "glimpses",
+    "hits",
+    "centred_hits",
+    "objects",
+    "covered",
+    "centred_covered",
+    "seconds",
+)
 
 
 def reduce_over_workers(result: EvalResult, world: int, device: torch.device) -> EvalResult:

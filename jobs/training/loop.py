@@ -283,7 +283,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state = None
         result = _validate(model, val_share, data["num_classes"], device)  # on every rank
         if rank == 0:
-            metrics.update(result.metrics("val"))
+            metrics.update(result.metrics("val", data.get("label_counts")))
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             if epoch not in logged:
                 tracker.metrics(metrics, step=epoch)
@@ -320,6 +320,8 @@ def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     if "val/accuracy" in m:
         accuracy += f" val {m['val/accuracy']:.3f}"
     parts = [f"loss {m['train/total']:.3g}", accuracy]
+    if "val/mae" in m:
+        parts.append(f"count error {m['val/mae']:.2f} (within one {m['val/within_one']:.2f})")
     if "val/hit_rate" in m:
         parts.append(f"hit-rate {m['val/hit_rate']:.2f} (centred {m['val/centred_hit_rate']:.2f})")
     parts.append(f"{m['train/samples_per_s']:.0f} img/s, {m['train/epoch_seconds']:.0f} s")

@@ -213,6 +213,7 @@ CLASSIFIER_ONLY = {
     "object_targets": False,
     "guide_glimpses": False,
     "guide_radius": 0,
+    "glimpse_counts": False,
 }
 
 
@@ -488,6 +489,49 @@ def signs_cpu_3g(dataset: str) -> TrainConfig:
     )
 
 
+def sc2_cpu(dataset: str) -> TrainConfig:
+    """StarCraft II marine counts on 2 CPU cores (``sc2_sim``'s defaults: a 128-cell map rendered
+    at 16 px a cell, 2048×2048, and its 128-px mini-map as the proxy). A marine is a 12-px
+    sprite, a marauder 18 px; in the mini-map both are the same one-pixel dot, so the proxy shows
+    where the Terran army is but not what it is made of.
+
+    Four glimpses with inhibition of return, each a 64-px window over a 123-px box (0.06 of the
+    side: marines ~6 px and marauders ~9 px in the window), to cover an army of up to 22 marines
+    spread over ~10 cells. The heat map reads the whole mini-map on a 64×64 grid (cells of 32 px
+    in the original) and is taught from the marines' boxes (`locate_weight`; not the paper's, see
+    `signs_cpu`); training glimpses are drawn near a marine (`guide_radius`). Each glimpse is
+    asked how many marines' centres its box holds (`glimpse_counts`), the final classifier the
+    scene's count from the mean of the four glimpses' features. Measured in BENCHMARKS.md
+    ("StarCraft II")."""
+    return TrainConfig(
+        dataset=dataset,
+        model="saccader",
+        model_cfg={
+            **SMALL_SACCADER,
+            "window": 64,
+            "proxy_size": 64,
+            "heatmap_size": 128,
+            "glimpses": 4,
+            "min_image_fraction": 0.06,
+            "max_image_fraction": 0.06,
+            "locator": "heatmap",
+            "heatmap_stride": 2,
+            "inhibit_return": True,
+            "glimpse_norm": "group",
+            "glimpse_norm_eps": 0.1,  # a glimpse of bare ground is near-uniform
+        },
+        epochs=12,
+        batch_size=16,
+        num_workers=2,
+        lr=2e-3,
+        warmup_steps=100,
+        objective=dataclasses.replace(
+            _box_taught(object_targets=False), glimpse_counts=True, guide_radius=1
+        ),
+        picture_every=4,
+    )
+
+
 # The baselines' ResNet-18 narrowed for CPU recipes (the paper-scale recipes use the full width),
 # as in `python -m jobs.benchmark localize`; every pixel in 100-px patches (2×2 of the CPU
 # datasets' 200-px originals; 224-px patches would be mostly zero padding), the proxy at 40 px.
@@ -591,6 +635,13 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     # 3×3 patches; 3,600 images at ~1 image/s: the wall-clock budget of the saccader's six
     # epochs (BENCHMARKS.md, "Megapixel MNIST")
     "megapixel_cpu_patches": _patches_500(megapixel_cpu, train_images=3600),
+    "sc2_cpu": sc2_cpu,
+    "sc2_cpu_resize224": _baseline("resnet18_resize224", sc2_cpu, SMALL_RESNET, epochs=4),
+    "sc2_cpu_proxy_only": _baseline(
+        "proxy_only", sc2_cpu, {**SMALL_RESNET, "proxy_size": 128}, epochs=12
+    ),
+    # 5×5 patches of 500 px: a budget of images (BENCHMARKS.md, "StarCraft II")
+    "sc2_cpu_patches": _patches_500(sc2_cpu, train_images=800),
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
 }

@@ -33,6 +33,7 @@ from jobs.training.tracking import (
     start_or_resume_run,
     tracking_uri,
 )
+from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion
 
 
@@ -56,6 +57,7 @@ class TrainRequest:
             "num_classes": int(manifest["num_classes"]),
             "class_names": list(manifest["class_names"]),
             "class_parts": list(manifest.get("class_parts") or []),
+            "label_counts": label_counts(manifest),
             "channels": int(first.column("channels")[0].as_py()),
         }
         check_against_dataset(self.config.model_cfg, self.data, self.config.dataset)
@@ -72,7 +74,8 @@ class TrainOutcome:
     metrics: dict[str, float]
 
     def format(self) -> str:
-        keys = ("val/accuracy", "val/hit_rate", "val/centred_hit_rate", "train/samples_per_s")
+        keys = ("val/accuracy", "val/mae", "val/hit_rate", "val/centred_hit_rate")
+        keys += ("train/samples_per_s",)
         shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
         return (
             f"run {self.name} (MLflow run {self.run_id}) epoch {self.metrics.get('epoch')}: "

@@ -285,3 +285,18 @@ def test_bad_command_line(
     assert fragment.format(**places) in errors[0], errors[0]
     assert "Traceback" not in err
     assert not ray.is_initialized()
+
+
+def test_a_local_job_beside_another_takes_the_next_dashboard_port() -> None:
+    """Ray refuses a taken dashboard port: a build started while a training's local Ray holds
+    the job's port must move to the next free one, not fail at start-up."""
+    import socket
+
+    from jobs.common import free_local_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        chosen = free_local_port(port, tries=20)
+        assert chosen != port and port < chosen < port + 20

@@ -21,6 +21,7 @@ from jobs.training.data import read_split
 from pipelines.build import BuildConfig, build_dataset
 from pipelines.codec import decode_full
 from pipelines.schema import validate_schema
+from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion, filesystem
 from pipelines.street_signs import SPEED_LIMITS
 from pipelines.tiling import decode_proxy
@@ -128,6 +129,7 @@ def test_sc2_sim(ray_cluster: str, tmp_path: Path) -> None:
     )
     version, rows = _rows(summary.url)
     assert summary.rejects == 0 and version.manifest["num_classes"] == 23
+    assert label_counts(version.manifest) == list(range(23))  # a count: evaluation scores errors
     for row in rows:
         assert row["tile_format"] == "png" and (row["height"], row["width"]) == (192, 192)
         assert len(row["boxes"]) == row["label"] and all(b["cls"] == 0 for b in row["boxes"])
@@ -151,6 +153,7 @@ def test_sc2_replays(ray_cluster: str, tmp_path: Path) -> None:
     assert any(r["ref"] == '{"replay": "README.md"}' for r in rejects)
     assert sum(summary.rows.values()) + summary.rejects == version.manifest["inputs"]["scenes"]
     assert version.manifest["inputs"]["replays"] == 4
+    assert version.manifest["label_kind"] == "count"
     assert rows and all(len(r["boxes"]) == r["label"] <= 22 for r in rows)
     splits = {}
     for row in rows:  # all scenes of one replay share a split
