@@ -297,35 +297,42 @@ def tradeoff_json(
     }
 
 
+# The table's columns: (header, row key); the count and coverage columns only for a count label.
+COLUMNS = (
+    ("model", "model"),
+    ("recipe", "recipe"),
+    ("seed", "seed"),
+    ("test acc", "accuracy"),
+    ("MAE", "mae"),
+    ("within 1", "within_one"),
+    ("hit-rate", "hit_rate"),
+    ("centred", "centred_hit_rate"),
+    ("covered", "object_coverage"),
+    ("centred", "centred_object_coverage"),
+    ("ms/img b1", "ms_per_image_b1"),
+    ("ms/img b16", "ms_per_image_b16"),
+    ("MB b1", "peak_mb_b1"),
+    ("MB b16", "peak_mb_b16"),
+    ("looked", "looked_fraction"),
+    ("tiles decoded", "tiles_decoded_fraction"),
+    ("train s", "train_seconds"),
+    ("img/s", "train_samples_per_s"),
+    ("epochs", "epochs"),
+)
+COUNT_KEYS = ("mae", "within_one", "object_coverage", "centred_object_coverage")
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as a Markdown table."""
-    headers = [
-        "model",
-        "recipe",
-        "seed",
-        "test acc",
-        "hit-rate",
-        "centred",
-        "ms/img b1",
-        "ms/img b16",
-        "MB b1",
-        "MB b16",
-        "looked",
-        "tiles decoded",
-        "train s",
-        "img/s",
-        "epochs",
+    """The rows as a Markdown table: the columns some row has (count errors and coverage only
+    where some row has a count error)."""
+    counted = any(r.get("mae") is not None for r in rows)
+    columns = [
+        (header, key)
+        for header, key in COLUMNS
+        if any(key in r for r in rows) and (counted or key not in COUNT_KEYS)
     ]
-    keys = ["model", "recipe", "seed", "accuracy", "hit_rate", "centred_hit_rate"]
-    if any(r.get("mae") is not None for r in rows):  # a count: how far off, how much was seen
-        headers[4:4] = ["MAE", "within 1"]
-        headers[8:8] = ["covered", "centred"]
-        keys = [*keys[:4], "mae", "within_one", *keys[4:], "object_coverage"]
-        keys += ["centred_object_coverage"]
-    keys += ["ms_per_image_b1", "ms_per_image_b16", "peak_mb_b1", "peak_mb_b16"]
-    keys += ["looked_fraction", "tiles_decoded_fraction", "train_seconds", "train_samples_per_s"]
-    keys += ["epochs"]
-    return table(headers, [["-" if r[k] is None else r[k] for k in keys] for r in rows])
+    cells = [["-" if r.get(key) is None else r[key] for _, key in columns] for r in rows]
+    return table([header for header, _ in columns], cells)
 
 
 if __name__ == "__main__":  # the workers

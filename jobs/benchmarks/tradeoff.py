@@ -76,6 +76,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "key covers the dataset, recipe, seed and --set, not the code); RECIPE=TAG,... tags "
         "only those recipes' models",
     )
+    p.add_argument(
+        "--also-test",
+        default="",
+        metavar="URL[,URL]",
+        help="other dataset versions with the same classes to evaluate every model on (e.g. "
+        "scenes from real replays beside simulated ones): their rows go into the JSON's "
+        "also_tested",
+    )
     p.add_argument("--json", help="write the rows and the run's details to this file")
     p.add_argument(
         "--pictures",
@@ -281,6 +289,13 @@ def run_model(
         state.save(plan.key, record)
         accuracy = record["evaluate"]["accuracy"]
         say(f"evaluated in {time.perf_counter() - start:.0f} s: test accuracy {accuracy:.3f}")
+    for other in args.also_test:
+        phase = f"evaluate@{other}"
+        if phase not in record:
+            log = state.log(plan.key, "evaluate-also")
+            record[phase] = evaluate_model(model_uri, other, log)
+            state.save(plan.key, record)
+        say(f"on {other}: test accuracy {record[phase]['accuracy']:.3f}")
     if "measure" in record:
         say("measure: done before")
     else:
@@ -295,13 +310,26 @@ def run_model(
 
 
 def _picture(plan: ModelPlan, record: dict[str, Any], args: argparse.Namespace) -> None:
-    """The trained glimpses on the first test images (redrawn on every run: it is cheap)."""
+    """The trained glimpses on the first test images of the dataset and of each --also-test
+    dataset (``..._glimpses-<source>-<version>.png``); redrawn on every run: it is cheap."""
     Path(args.pictures).mkdir(parents=True, exist_ok=True)
-    path = str(Path(args.pictures) / f"{plan.recipe}-seed{plan.seed}_glimpses.png")
-    accuracy = record["evaluate"]["accuracy"]
-    title = f"{plan.recipe}, seed {plan.seed}: test images (test accuracy {accuracy:.3f})"
-    draw_picture(record["train"]["model_uri"], args.dataset, path, title, args.threads)
-    _say(f"{plan.recipe} seed {plan.seed}")(f"glimpse picture: {path}")
+    for dataset in [args.dataset, *args.also_test]:
+        phase = "evaluate" if dataset == args.dataset else f"evaluate@{dataset}"
+        suffix = "" if dataset == args.dataset else "-" + _dataset_label(dataset)
+        path = str(Path(args.pictures) / f"{plan.recipe}-seed{plan.seed}_glimpses{suffix}.png")
+        accuracy = record[phase]["accuracy"]
+        title = f"{plan.recipe}, seed {plan.seed}: test images{suffix.replace('-', ' ')} "
+        title += f"(test accuracy {accuracy:.3f})"
+        draw_picture(record["train"]["model_uri"], dataset, path, title, args.threads)
+        _say(f"{plan.recipe} seed {plan.seed}")(f"glimpse picture: {path}")
+
+
+def _dataset_label(dataset: str) -> str:
+    """``<source>-<version>`` of a dataset version, for file names and titles."""
+    from jobs.training.data import open_dataset
+
+    source = open_dataset(dataset).manifest.get("source", "dataset")
+    return f"{source}-{dataset.rstrip('/').rsplit('/', 1)[-1]}"
 
 
 def _train_phase(
@@ -321,6 +349,19 @@ def _train_phase(
         raise RuntimeError(f"training {plan.run_name} ended without a registered model; see {log}")
     say(f"trained in {time.perf_counter() - start:.0f} s: {found['model_uri']}")
     return found
+
+
+def _also_tested(other: str, plans: Sequence[ModelPlan], state: State) -> dict[str, Any]:
+    """The models' figures on another dataset: a row per model of the evaluated fields."""
+    from jobs.training.data import open_dataset
+
+    rows = []
+    for plan in plans:
+        record = state.load(plan.key) or {}
+        found = record.get(f"evaluate@{other}", {})
+        rows.append({"model": plan.kind, "recipe": plan.recipe, "seed": plan.seed, **found})
+    manifest = open_dataset(other).manifest
+    return {"dataset": other, "source": manifest.get("source"), "rows": rows}
 
 
 def _say(prefix: str) -> Any:
@@ -373,7 +414,25 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
         raise ValueError("--recipes is empty; give at least one recipe")
     tags = _tags(args.tag, recipes)
     plans = plan_models(args.dataset, recipes, _ints(args.seeds, "--seeds"), overrides, tags)
-    return args, check_dataset(args.dataset), plans
+    manifest = check_dataset(args.dataset)
+    args.also_test = [u.strip() for u in args.also_test.split(",") if u.strip()]
+    for other in args.also_test:
+        check_same_classes(manifest, other)
+    return args, manifest, plans
+
+
+def check_same_classes(manifest: Mapping[str, Any], other: str) -> None:
+    """An --also-test dataset must name the classes the models were trained on, in order."""
+    from jobs.training.data import open_dataset
+
+    theirs = open_dataset(other).manifest
+    if theirs.get("class_names") != manifest.get("class_names"):
+        raise ValueError(
+            f"--also-test {other}: its classes differ from the benchmark dataset's, so the "
+            "trained models cannot be scored on it"
+        )
+    if not int((theirs.get("counts") or {}).get("test", 0)):
+        raise ValueError(f"--also-test {other} has no test split")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,10 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ).images_per_epoch(train_images),
             )
         )
+    also_tested = [_also_tested(other, plans, state) for other in args.also_test]
     figures = tradeoff_json(
         dataset=args.dataset,
         rows=rows,
         extra={
+            "also_tested": also_tested,
             "command": " ".join(["python -m jobs.benchmark tradeoff", *argv]),
             "overrides": parse_key_values(args.set, flag="--set"),
             "timing": {
@@ -418,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     print(format_table(rows))
+    for tested in also_tested:
+        print(f"\nThe same models on {tested['dataset']} (test split):")
+        print(format_table(tested["rows"]))
     write_json(args.json, figures)
     return 0
 

@@ -113,7 +113,8 @@ def _check_row(row: dict, recipe: str, seed: int, tmp_path: Path) -> None:
 
 
 def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> None:
-    first, _ = _benchmark(dataset, tmp_path, "first.json", "--pictures", str(tmp_path / "pics"))
+    pictures = ["--pictures", str(tmp_path / "pics")]
+    first, _ = _benchmark(dataset, tmp_path, "first.json", *pictures, "--also-test", dataset)
     figures = json.loads((tmp_path / "first.json").read_text())
     assert figures["dataset"] == dataset and figures["source"] == "cluttered_mnist"
     assert figures["image_size"] == {"height": 128, "width": 128, "channels": 1}
@@ -126,6 +127,13 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
     for row, (recipe, seed) in zip(rows, expected, strict=True):
         _check_row(row, recipe, seed, tmp_path)
     assert rows[0]["model_uri"] != rows[1]["model_uri"]  # one registered version per seed
+    # --also-test: every model evaluated on that dataset too (here the same one: the same figures)
+    (also,) = figures["also_tested"]
+    assert also["dataset"] == dataset and also["source"] == "cluttered_mnist"
+    assert [(r["recipe"], r["seed"], r["accuracy"]) for r in also["rows"]] == [
+        (r["recipe"], r["seed"], r["accuracy"]) for r in rows
+    ]
+    assert first.stdout.count(f"The same models on {dataset}") == 1
     # One progress line per phase and model; the table.
     for phase in ("trained in", "evaluated in", "measured in"):
         assert first.stdout.count(phase) == 3, phase
@@ -133,7 +141,10 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
     assert re.search(r"\|\s+every pixel \|", first.stdout)
     # A glimpse picture of the test images per saccader, none for the baselines.
     pictures = sorted(p.name for p in (tmp_path / "pics").iterdir())
-    assert pictures == ["tiny_cpu-seed0_glimpses.png", "tiny_cpu-seed1_glimpses.png"]
+    suffixes = ("", f"-cluttered_mnist-{dataset.rsplit('/', 1)[-1]}")
+    assert pictures == [
+        f"tiny_cpu-seed{seed}_glimpses{suffix}.png" for seed in (0, 1) for suffix in suffixes
+    ]
     with Image.open(tmp_path / "pics" / pictures[0]) as picture:
         assert picture.width > 200 and picture.height > 200
     versions = _versions(tmp_path)
