@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dataset:
         from jobs.training.data import open_dataset
 
-        open_dataset(dataset)  # missing version or other schema: fails before Ray
+        open_dataset(dataset, args.split)  # missing version, split or schema: fails before Ray
     print(f"model {args.model} -> {ref.uri}; input {dataset or args.images}", flush=True)
     start_ray(args.num_cpus, prediction_demand(args.actors, args.actor_cpus))
     summary = predict(request, progress=lambda msg: print(msg, file=sys.stderr, flush=True))

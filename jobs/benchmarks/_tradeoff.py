@@ -283,7 +283,7 @@ def tradeoff_json(
     from jobs.training.data import open_dataset
     from jobs.training.tracking import git_commit
 
-    version = open_dataset(dataset)
+    version = open_dataset(dataset, "test")
     first = version.read_head("test", 1, columns=["height", "width", "channels"]).to_pylist()[0]
     return {
         "dataset": dataset,

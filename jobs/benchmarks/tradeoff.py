@@ -328,7 +328,7 @@ def _dataset_label(dataset: str) -> str:
     """``<source>-<version>`` of a dataset version, for file names and titles."""
     from jobs.training.data import open_dataset
 
-    source = open_dataset(dataset).manifest.get("source", "dataset")
+    source = open_dataset(dataset, "test").manifest.get("source", "dataset")
     return f"{source}-{dataset.rstrip('/').rsplit('/', 1)[-1]}"
 
 
@@ -360,7 +360,7 @@ def _also_tested(other: str, plans: Sequence[ModelPlan], state: State) -> dict[s
         record = state.load(plan.key) or {}
         found = record.get(f"evaluate@{other}", {})
         rows.append({"model": plan.kind, "recipe": plan.recipe, "seed": plan.seed, **found})
-    manifest = open_dataset(other).manifest
+    manifest = open_dataset(other, "test").manifest
     return {"dataset": other, "source": manifest.get("source"), "rows": rows}
 
 
@@ -425,7 +425,7 @@ def check_same_classes(manifest: Mapping[str, Any], other: str) -> None:
     """An --also-test dataset must name the classes the models were trained on, in order."""
     from jobs.training.data import open_dataset
 
-    theirs = open_dataset(other).manifest
+    theirs = open_dataset(other, "test").manifest
     if theirs.get("class_names") != manifest.get("class_names"):
         raise ValueError(
             f"--also-test {other}: its classes differ from the benchmark dataset's, so the "

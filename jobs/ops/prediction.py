@@ -333,7 +333,7 @@ def _requests(request: PredictRequest) -> Any:
     if request.dataset is not None:
         from jobs.training.data import open_dataset, read_split
 
-        split = read_split(open_dataset(request.dataset), request.split)
+        split = read_split(open_dataset(request.dataset, request.split), request.split)
         return split.map_batches(dataset_rows, batch_size=None, batch_format="pyarrow")
     from pipelines.inputs import list_files
 

@@ -88,7 +88,7 @@ def assess(
     localisation, latency and peak memory, logged as a run of the evaluations experiment tagged
     with the model and the dataset version. `progress` gets the number of rows of each table
     once it is evaluated."""
-    version = open_dataset(dataset)
+    version = open_dataset(dataset, split)
     model_tags = _model_tags(model_uri)  # before loading: an alias could move meanwhile
     model_uri_loaded = (
         f"models:/{model_tags['model.name']}/{model_tags['model.version']}"

@@ -32,16 +32,18 @@ from pipelines.tiling import decode_proxy
 TRAIN_COLUMNS = [n for n in IMAGE_SCHEMA.names if n != "meta"]
 
 
-def open_dataset(url: str) -> DatasetVersion:
-    """Open a published version and check the schema of its first shard, before any worker starts.
+def open_dataset(url: str, split: str = "train") -> DatasetVersion:
+    """Open a published version and check the schema of the first shard of `split` (the one the
+    caller reads: an evaluation set has no training split), before any worker starts.
 
-    Raises StorageError (no such version) or SchemaError (another contract version or a
-    mismatched column) with the URL in the message.
+    Raises StorageError (no such version) or SchemaError (no such split, another contract
+    version or a mismatched column) with the URL in the message.
     """
     version = DatasetVersion.open(url)
-    files = version.files("train")
+    files = version.files(split)
     if not files:
-        raise SchemaError(f"dataset {url} has no training split; build one with train > 0")
+        hint = "; build one with train > 0" if split == "train" else ""
+        raise SchemaError(f"dataset {url} has no {split!r} split{hint}")
     with open_parquet(version.fs, files[0]) as parquet:
         try:
             validate_schema(parquet.schema_arrow)

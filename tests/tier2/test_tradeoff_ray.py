@@ -48,6 +48,22 @@ def dataset(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_dataset(config, progress=lambda _: None).url
 
 
+@pytest.fixture(scope="module")
+def evaluation_set(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An evaluation set with the same classes: a test split and nothing else."""
+    from pipelines.build import BuildConfig, build_dataset
+
+    config = BuildConfig(
+        source="cluttered_mnist",
+        out=str(tmp_path_factory.mktemp("tradeoff") / "cm-test"),
+        counts={"test": 8},
+        params={"original_size": 128},
+        tile_size=64,
+        seed=7,
+    )
+    return build_dataset(config, progress=lambda _: None).url
+
+
 def _benchmark(
     dataset: str, tmp_path: Path, out: str, *extra: str
 ) -> tuple[subprocess.CompletedProcess, float]:
@@ -112,9 +128,11 @@ def _check_row(row: dict, recipe: str, seed: int, tmp_path: Path) -> None:
     assert client.get_run(row["run_id"]).info.status == "FINISHED"
 
 
-def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> None:
+def test_tradeoff_end_to_end_json_and_resume(
+    dataset: str, evaluation_set: str, tmp_path: Path
+) -> None:
     pictures = ["--pictures", str(tmp_path / "pics")]
-    first, _ = _benchmark(dataset, tmp_path, "first.json", *pictures, "--also-test", dataset)
+    first, _ = _benchmark(dataset, tmp_path, "first.json", *pictures, "--also-test", evaluation_set)
     figures = json.loads((tmp_path / "first.json").read_text())
     assert figures["dataset"] == dataset and figures["source"] == "cluttered_mnist"
     assert figures["image_size"] == {"height": 128, "width": 128, "channels": 1}
@@ -127,13 +145,14 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
     for row, (recipe, seed) in zip(rows, expected, strict=True):
         _check_row(row, recipe, seed, tmp_path)
     assert rows[0]["model_uri"] != rows[1]["model_uri"]  # one registered version per seed
-    # --also-test: every model evaluated on that dataset too (here the same one: the same figures)
+    # --also-test: every model evaluated on the evaluation set too (it has no training split)
     (also,) = figures["also_tested"]
-    assert also["dataset"] == dataset and also["source"] == "cluttered_mnist"
-    assert [(r["recipe"], r["seed"], r["accuracy"]) for r in also["rows"]] == [
-        (r["recipe"], r["seed"], r["accuracy"]) for r in rows
-    ]
-    assert first.stdout.count(f"The same models on {dataset}") == 1
+    assert also["dataset"] == evaluation_set and also["source"] == "cluttered_mnist"
+    assert [(r["recipe"], r["seed"]) for r in also["rows"]] == expected
+    for row in also["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["evaluation_run_id"]
+        assert (row["hit_rate"] is None) == (row["model"] != "saccader")
+    assert first.stdout.count(f"The same models on {evaluation_set}") == 1
     # One progress line per phase and model; the table.
     for phase in ("trained in", "evaluated in", "measured in"):
         assert first.stdout.count(phase) == 3, phase
@@ -141,7 +160,7 @@ def test_tradeoff_end_to_end_json_and_resume(dataset: str, tmp_path: Path) -> No
     assert re.search(r"\|\s+every pixel \|", first.stdout)
     # A glimpse picture of the test images per saccader, none for the baselines.
     pictures = sorted(p.name for p in (tmp_path / "pics").iterdir())
-    suffixes = ("", f"-cluttered_mnist-{dataset.rsplit('/', 1)[-1]}")
+    suffixes = ("", f"-cluttered_mnist-{evaluation_set.rsplit('/', 1)[-1]}")
     assert pictures == [
         f"tiny_cpu-seed{seed}_glimpses{suffix}.png" for seed in (0, 1) for suffix in suffixes
     ]
