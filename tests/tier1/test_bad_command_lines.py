@@ -198,7 +198,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         params={"original_size": 128},
         pools=split_digits(load_digits(), seed=0),
         seed=0,
-        counts={"train": 2},
+        counts={"train": 1, "test": 1},  # evaluate and predict read the test split
         tile_size=64,
         tile_format="png",
     )
@@ -208,7 +208,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "schema_version": SCHEMA_VERSION,
             "num_classes": 55,
             "class_names": [str(i) for i in range(55)],
-            "counts": {"train": 2},
+            "counts": {"train": 1, "test": 1},
             "data_digests": _data_digests(summary),
         }
     )
