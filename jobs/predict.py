@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from jobs import store
 from jobs.common import JobParser, run_main
-from jobs.ops import registry
 from jobs.ops.prediction import PredictRequest, load_pyfunc, model_channels, predict
 from jobs.ops.services import check_object_store, check_tracking_server
 from jobs.preflight import positive_float, positive_int, prediction_demand, start_ray
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_out(args.out)
     check_tracking_server()
-    ref = registry.resolve(args.model)  # no such model, version or alias: fails here
+    ref = store.resolve(args.model)  # no such model, version or alias: fails here
     for url in (args.dataset, args.images, args.out, args.annotate):
         if url:
             check_object_store(url)

@@ -21,16 +21,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jobs import console
+from jobs import console, store
 from jobs.benchmarks._common import write_json
 from jobs.benchmarks._tradeoff import evaluated, measure_model, tradeoff_json, tradeoff_row
 from jobs.benchmarks.tradeoff import finished_training
 from jobs.build_dataset import build_with_progress
 from jobs.common import JobParser, run_main
 from jobs.preflight import Demand, positive_int, start_ray, training_demand
+from jobs.store import tracking_uri
 from jobs.training.progress import epoch_bar
 from jobs.training.recipes import make_recipe
-from jobs.training.tracking import tracking_uri
 from jobs.training.trainer import TrainOutcome, TrainRequest, train
 from pipelines.build import BuildConfig, preflight
 from pipelines.storage import next_version
@@ -261,9 +261,7 @@ def _summary(dataset: str, rows: list[dict], saccader: TrainOutcome | None) -> N
 
 def _last_glimpse_picture(run_id: str) -> str:
     """Where the run's latest glimpse picture is (a local path for the embedded store)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
+    client = store.client()
     pictures = sorted(a.path for a in client.list_artifacts(run_id, "glimpses"))
     if not pictures:
         return "(none logged)"

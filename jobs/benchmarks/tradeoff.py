@@ -223,11 +223,10 @@ def train_model(plan: ModelPlan, dataset: str, args: argparse.Namespace, log: Pa
 def finished_training(run_name: str, experiment: str) -> dict[str, Any] | None:
     """The finished, registered training named `run_name`, with its figures from the run's
     per-epoch metrics; None when there is none (not started, interrupted, failed)."""
-    from mlflow.tracking import MlflowClient
+    from jobs.store import client as store_client
+    from jobs.training.tracking import RUN_NAME_TAG
 
-    from jobs.training.tracking import RUN_NAME_TAG, tracking_uri
-
-    client = MlflowClient(tracking_uri())
+    client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None

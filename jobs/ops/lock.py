@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from jobs.ops import registry
+from jobs import store
 
 LOCK_SUFFIX = ".promotion-lock"
 TTL_S = 120.0  # a holder that has not released after this is taken to have crashed
@@ -34,7 +34,7 @@ def _try_create(name: str, owner: str) -> bool:
 
     expires = f"{time.time() + TTL_S:.3f}"
     try:
-        registry.client().create_registered_model(
+        store.client().create_registered_model(
             lock_name(name),
             tags={"owner": owner, "expires": expires},
             description=f"promotion lock of {name}: held by {owner}; deleted on release",
@@ -51,7 +51,7 @@ def _holder(name: str) -> tuple[str, float] | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = registry.client().get_registered_model(lock_name(name)).tags or {}
+        tags = store.client().get_registered_model(lock_name(name)).tags or {}
     except MlflowException as exc:
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -64,7 +64,7 @@ def _delete(name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        registry.client().delete_registered_model(lock_name(name))
+        store.client().delete_registered_model(lock_name(name))
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
             raise

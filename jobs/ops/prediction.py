@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.store import tracking_uri
 from jobs.training.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import filesystem, join
@@ -133,8 +134,6 @@ def _tile(
 
 def load_pyfunc(model_uri: str, uri: str | None = None) -> Any:
     import mlflow
-
-    from jobs.training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(uri or tracking_uri())
     return mlflow.pyfunc.load_model(model_uri)
@@ -358,8 +357,6 @@ def _requests(request: PredictRequest) -> Any:
 def predict(request: PredictRequest, *, progress: Callable[[str], None]) -> PredictionSummary:
     """Run the prediction pipeline (Ray initialised) and write the Parquet file."""
     from ray.data import ActorPoolStrategy
-
-    from jobs.training.tracking import tracking_uri
 
     start = time.perf_counter()
     predictions = _requests(request).map_batches(

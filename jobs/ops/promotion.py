@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.ops import registry
+from jobs import store
 from jobs.ops.lock import registry_lock
-from jobs.ops.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRef
+from jobs.store import CHAMPION, PREVIOUS_CHAMPION, ModelRef, ensure_experiment
 
 HISTORY_TAG = "saccade.champion_history"  # JSON list of champion versions, newest last
 HISTORY_LENGTH = 50  # MLflow tag values are limited to a few thousand characters
@@ -116,7 +116,7 @@ def decide(candidate: Evaluation, champion: Evaluation | None, policy: Policy) -
 
 
 def history(name: str) -> list[str]:
-    raw = (registry.registered_model(name).tags or {}).get(HISTORY_TAG)
+    raw = (store.registered_model(name).tags or {}).get(HISTORY_TAG)
     return [str(v) for v in json.loads(raw)] if raw else []
 
 
@@ -128,9 +128,9 @@ def commit(candidate: ModelRef, expected_champion: str | None, *, owner: str) ->
     completes it.
     """
     name = candidate.name
-    client = registry.client()
+    client = store.client()
     with registry_lock(name, owner=owner):
-        current = registry.alias_version(name, CHAMPION)
+        current = store.alias_version(name, CHAMPION)
         if current != expected_champion:
             raise ChampionMovedError(
                 f"the champion of {name!r} moved from version {expected_champion} to {current} "
@@ -151,10 +151,10 @@ def rollback(name: str, *, owner: str) -> tuple[str, str | None]:
 
     `previous-champion` then names the champion before it (from the history), or is removed.
     """
-    client = registry.client()
+    client = store.client()
     with registry_lock(name, owner=owner):
-        current = registry.alias_version(name, CHAMPION)
-        previous = registry.alias_version(name, PREVIOUS_CHAMPION)
+        current = store.alias_version(name, CHAMPION)
+        previous = store.alias_version(name, PREVIOUS_CHAMPION)
         if current is None or previous is None:
             raise PromotionError(
                 f"{name!r} has no {'champion' if current is None else 'previous-champion'} "
@@ -176,7 +176,7 @@ def rollback(name: str, *, owner: str) -> tuple[str, str | None]:
 
 def tag_decision(evaluation: Evaluation, decision: Decision | None, extra: dict[str, Any]) -> None:
     """Record an evaluation (and, for the candidate, the decision) on the model version."""
-    client = registry.client()
+    client = store.client()
     tags = evaluation.tags()
     if decision is not None:
         tags["promotion.decision"] = "promoted" if decision.promote else "refused"
@@ -240,7 +240,7 @@ def evaluate(model: ModelRef, dataset: str, split: str, batch_size: int) -> Eval
     from jobs.training.assess import assess
 
     result = assess(model.uri, dataset, split=split, batch_size=batch_size)
-    run = registry.client().get_run(result.run_id)
+    run = store.client().get_run(result.run_id)
     return _evaluation(model, run)
 
 
@@ -260,7 +260,6 @@ def _evaluation(model: ModelRef, run: Any) -> Evaluation:
 def recorded_evaluation(model: ModelRef, split: str, dataset_sha256: str | None) -> Evaluation:
     """The newest recorded evaluation of a version on `split` (of that dataset, if given)."""
     from jobs.training.assess import EVAL_EXPERIMENT
-    from jobs.training.tracking import ensure_experiment
 
     filters = [
         f"tags.`model.name` = '{model.name}'",
@@ -269,7 +268,7 @@ def recorded_evaluation(model: ModelRef, split: str, dataset_sha256: str | None)
     ]
     if dataset_sha256 is not None:
         filters.append(f"tags.`dataset.manifest_sha256` = '{dataset_sha256}'")
-    runs = registry.client().search_runs(
+    runs = store.client().search_runs(
         [ensure_experiment(EVAL_EXPERIMENT)],
         filter_string=" and ".join(filters),
         order_by=["attributes.start_time DESC"],
@@ -307,8 +306,8 @@ def _evaluations(
 
 def promote(request: PromotionRequest, *, owner: str) -> Outcome:
     """Evaluate, decide, tag both versions, and move the aliases if the candidate wins."""
-    candidate = registry.model_version(request.model, request.candidate)
-    champion_version = registry.alias_version(request.model, CHAMPION)
+    candidate = store.model_version(request.model, request.candidate)
+    champion_version = store.alias_version(request.model, CHAMPION)
     if champion_version == candidate.version:
         raise PromotionError(f"{candidate.uri} is already the champion")
     champion = ModelRef(request.model, champion_version) if champion_version else None

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs import store
+from jobs.store import ensure_experiment
 from pipelines.build import (
     DEFAULT_COUNTS,
     BuildConfig,
@@ -302,11 +304,8 @@ def _pointer_or_none(out: str) -> dict[str, Any] | None:
 def record_in_mlflow(result: Result, *, spec_url: str) -> str:
     """One run of the `saccade-datasets` experiment per dataset and regeneration."""
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
 
-    from jobs.training.tracking import ensure_experiment, tracking_uri
-
-    client = MlflowClient(tracking_uri())
+    client = store.client()
     spec = result.spec
     run = client.create_run(
         ensure_experiment(DATASETS_EXPERIMENT),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from jobs.training.tracking import tracking_uri
+from jobs.store import tracking_uri
 
 TIMEOUT_S = 5.0  # one connection attempt per check: loopback and cluster services answer in ms
 

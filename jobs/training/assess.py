@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from jobs.store import ensure_experiment, resolve, tracking_uri
 from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset
 from jobs.training.evaluation import EvalResult, PeakRss, evaluate_tables
-from jobs.training.tracking import ensure_experiment, tracking_uri
 from model.interface import BatchClassifier
 from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
 from pipelines.sources import label_counts
@@ -163,8 +163,6 @@ def _log(
 def _model_tags(model_uri: str) -> dict[str, str]:
     """``model.name`` and ``model.version`` of a registry URI (an alias resolved to its version
     now), so that promotion finds a version's recorded evaluations whatever URI evaluated it."""
-    from jobs.ops.registry import resolve
-
     if not model_uri.startswith("models:/"):
         return {}
     try:

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from jobs.store import tracking_uri
 from jobs.training.data import table_to_batch
 
 INPUT_COLUMNS = [
@@ -212,8 +213,6 @@ def log_and_register(
     `validation` (``val/*`` of the last epoch) is linked to the logged model as ``val_*``, so
     MLflow's Models tab shows it (the run's per-epoch ``val/*`` history stays as it was)."""
     import mlflow
-
-    from jobs.training.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     with tempfile.TemporaryDirectory() as directory:

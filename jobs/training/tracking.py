@@ -1,8 +1,5 @@
-"""MLflow: where runs go, one run per training (resumable), rank-0-only logging, the registry.
-
-Embedded default: a SQLite store `./mlflow.db` with artifacts under `./mlartifacts` (the registry
-works on it). Any `MLFLOW_TRACKING_URI` (an `mlflow server`, ...) replaces it.
-"""
+"""MLflow runs of training: one run per training (resumable), rank-0-only logging, per-step
+metrics. Where the store is and the registry's names live in `jobs.store`."""
 
 from __future__ import annotations
 
@@ -15,36 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.store import client
 from jobs.training.recipes import RENAMED
 
 RUN_NAME_TAG = "saccade.run_name"
-DEFAULT_EXPERIMENT = "saccade"
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else the embedded SQLite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
-
-
-def artifact_location(experiment: str) -> str | None:
-    """For a SQLite store, artifacts go beside the database (MLflow would otherwise write into
-    ./mlruns of whatever directory the job runs in); a tracking server decides for itself."""
-    uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return None
-    base = os.path.dirname(uri.removeprefix("sqlite:///"))
-    return "file://" + os.path.join(base, "mlartifacts", experiment)
-
-
-def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
-    """The experiment's id, creating it (with its artifact location) on first use."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(name))
 
 
 @dataclass(frozen=True)
@@ -65,23 +36,22 @@ def start_or_resume_run(
     """The id of the run named `run_name` (resuming it), or of a new one with `params`, MLflow's
     standard source tags and `dataset` as its input logged."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri())
-    runs = client.search_runs(
+    store = client()
+    runs = store.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
     )
     if runs:
         _check_same_training(run_name, runs[0].data.params, params)
-        client.update_run(runs[0].info.run_id, status="RUNNING")
+        store.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
     tags = {RUN_NAME_TAG: run_name, **source_tags()}
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = store.create_run(experiment_id, run_name=run_name, tags=tags)
     items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow's batch limit
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+        store.log_batch(run.info.run_id, params=items[i : i + 100])
     if dataset is not None:
-        client.log_inputs(run.info.run_id, datasets=[_dataset_input(dataset)])
+        store.log_inputs(run.info.run_id, datasets=[_dataset_input(dataset)])
     return run.info.run_id
 
 
@@ -168,9 +138,7 @@ def _dataset_input(dataset: DatasetRef) -> Any:
 
 
 def end_run(run_id: str, *, ok: bool) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri()).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    client().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
 def git_commit() -> str:
@@ -209,9 +177,7 @@ class Tracker:
         self.run_id = run_id
         self.client = None
         if enabled and run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(uri or tracking_uri())
+            self.client = client(uri)
 
     def metrics(self, values: Mapping[str, float], *, step: int) -> None:
         self.metric_rows([(step, values)])

@@ -13,6 +13,7 @@ import torch
 
 from jobs import console
 from jobs.preflight import check_against_dataset
+from jobs.store import ensure_experiment, tracking_uri
 from jobs.training.data import (
     TRAIN_COLUMNS,
     intact_rows,
@@ -24,15 +25,7 @@ from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
 from jobs.training.packaging import log_and_register
 from jobs.training.progress import Event, board
 from jobs.training.recipes import TrainConfig
-from jobs.training.tracking import (
-    DatasetRef,
-    end_run,
-    ensure_experiment,
-    flatten,
-    git_commit,
-    start_or_resume_run,
-    tracking_uri,
-)
+from jobs.training.tracking import DatasetRef, end_run, flatten, git_commit, start_or_resume_run
 from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion
 

@@ -71,3 +71,24 @@ def test_lower_layers_import_only_themselves() -> None:
             if extra:
                 offenders[str(path.relative_to(ROOT))] = sorted(extra)
     assert not offenders, f"a lower layer imports a package above or beside it: {offenders}"
+
+
+def _jobs_imports(path: Path) -> set[str]:
+    """The `jobs.` modules that `path` imports (anywhere in it)."""
+    found = imported_modules(path.read_text(encoding="utf-8"))
+    return {name for name in found if name == "jobs" or name.startswith("jobs.")}
+
+
+def test_the_store_is_a_leaf_and_training_never_imports_operations() -> None:
+    """`jobs/store.py` (the MLflow store: URI, client, experiments, registry names) imports none
+    of the project's modules, so training and operations both build on it; training writes
+    runs and registers models and never reaches into `jobs/ops/` (promotion, prediction,
+    regeneration), which may use what training ships."""
+    store = ROOT / "jobs" / "store.py"
+    assert not project_imports(store.read_text(encoding="utf-8")), "jobs/store.py must be a leaf"
+    offenders = {}
+    for path in sorted((ROOT / "jobs" / "training").glob("*.py")):
+        found = sorted(m for m in _jobs_imports(path) if m.startswith("jobs.ops"))
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert not offenders, f"jobs/training imports jobs/ops: {offenders}"

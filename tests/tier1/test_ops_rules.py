@@ -17,8 +17,8 @@ from PIL import Image
 from jobs.ops.prediction import REQUEST_SCHEMA, annotation_name, tile_image_files
 from jobs.ops.promotion import Decision, Evaluation, Policy, PromotionError, decide
 from jobs.ops.regeneration import content_hash, listing_fingerprint, parse_spec
-from jobs.ops.registry import ModelRef
 from jobs.ops.services import ServiceError, check_object_store, check_tracking_server
+from jobs.store import ModelRef
 from pipelines.build import _manifest, _Plan, generated_inputs
 from pipelines.digits import load_digits
 from pipelines.sources import digits_fingerprint, get_source, make_config

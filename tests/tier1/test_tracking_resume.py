@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.training.tracking import ensure_experiment, start_or_resume_run
+from jobs.store import ensure_experiment
+from jobs.training.tracking import start_or_resume_run
 
 FIRST = {
     "train.batch_size": 32,

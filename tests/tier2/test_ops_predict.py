@@ -11,8 +11,7 @@ import pytest
 from ops_support import register_constant_model
 from PIL import Image
 
-from jobs import predict
-from jobs.ops import registry
+from jobs import predict, store
 from jobs.ops.prediction import PREDICTION_SCHEMA
 from jobs.training.data import TRAIN_COLUMNS, table_to_batch
 from pipelines.storage import DatasetVersion
@@ -38,7 +37,7 @@ def test_predict_raw_images_with_the_champion(
     ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
 ) -> None:
     version = register_constant_model("predictor", tiny_dataset, 7)
-    registry.client().set_registered_model_alias("predictor", "champion", version)
+    store.client().set_registered_model_alias("predictor", "champion", version)
     folder = tmp_path / "photos"
     refs = _write_originals(tiny_dataset, folder, 3)
     (folder / "notes.txt").write_text("not an image")

@@ -10,22 +10,22 @@ from pathlib import Path
 import pytest
 from ops_support import derived_dataset, label_counts, register_constant_model
 
-from jobs import predict, promote
-from jobs.ops import promotion, registry
+from jobs import predict, promote, store
+from jobs.ops import promotion
 from jobs.ops.lock import LockTimeoutError, lock_name, registry_lock
 from jobs.ops.promotion import HISTORY_TAG, PromotionError, commit, history
-from jobs.ops.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRef
+from jobs.store import CHAMPION, PREVIOUS_CHAMPION, ModelRef
 from jobs.training.assess import assess
 
 pytestmark = pytest.mark.tier2
 
 
 def _aliases(name: str) -> dict[str, str]:
-    return {k: str(v) for k, v in (registry.registered_model(name).aliases or {}).items()}
+    return {k: str(v) for k, v in (store.registered_model(name).aliases or {}).items()}
 
 
 def _tags(name: str, version: str) -> dict[str, str]:
-    return registry.client().get_model_version(name, version).tags
+    return store.client().get_model_version(name, version).tags
 
 
 def test_promotion_refuses_worse_promotes_better_and_rolls_back(
@@ -83,7 +83,7 @@ def test_promotion_refuses_worse_promotes_better_and_rolls_back(
 
 def _bare_versions(name: str, n: int) -> list[str]:
     """Registry versions without model files: enough for alias bookkeeping."""
-    client = registry.client()
+    client = store.client()
     client.create_registered_model(name)
     return [
         str(client.create_model_version(name, source=f"file:///nowhere/{i}").version)
@@ -120,11 +120,11 @@ def test_concurrent_promotions_leave_a_consistent_pair(mlflow_uri: str) -> None:
         assert f"moved from version {before} to {winners[0]}" in outcomes[loser]
         assert _aliases("race") == {CHAMPION: winners[0], PREVIOUS_CHAMPION: before}
         assert history("race")[-2:] == [before, winners[0]]
-    assert registry.client().get_registered_model("race").tags[HISTORY_TAG]
+    assert store.client().get_registered_model("race").tags[HISTORY_TAG]
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException):  # every lock was released
-        registry.client().get_registered_model(lock_name("race"))
+        store.client().get_registered_model(lock_name("race"))
 
 
 def test_a_promotion_that_loses_the_race_is_refused_with_exit_1(
@@ -168,11 +168,11 @@ def test_lock_waits_for_its_holder_and_breaks_an_expired_one(mlflow_uri: str) ->
     ):
         pass
     # A crashed holder's lock: expired, so the next promotion takes it over.
-    registry.client().create_registered_model(
+    store.client().create_registered_model(
         lock_name("locked"), tags={"owner": "crashed", "expires": "0"}
     )
     with registry_lock("locked", owner="third", wait_s=2):
-        tags = registry.client().get_registered_model(lock_name("locked")).tags
+        tags = store.client().get_registered_model(lock_name("locked")).tags
         assert tags["owner"] == "third"
 
 

@@ -1,20 +1,62 @@
-"""The MLflow model registry as the jobs use it: model URIs pinned to a version, aliases.
+"""The MLflow store every job uses, training and operations alike: where it is, a client, the
+experiments and the model registry's names for a version.
 
-A job resolves ``models:/NAME@ALIAS`` to ``models:/NAME/VERSION`` once, before any work: every
-worker then loads the same version even if the alias moves while the job runs.
+Embedded default: a SQLite store `./mlflow.db` with artifacts under `./mlartifacts` (the registry
+works on it). Any `MLFLOW_TRACKING_URI` (an `mlflow server`, ...) replaces it. A job resolves
+``models:/NAME@ALIAS`` to ``models:/NAME/VERSION`` once, before any work: every worker then loads
+the same version even if the alias moves while the job runs.
+
+A leaf of `jobs/`: it imports none of the project's modules, so `jobs/training` (which writes runs
+and registers models) and `jobs/ops` (which promotes, predicts and regenerates) both build on it
+without importing each other.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.training.tracking import tracking_uri
-
+DEFAULT_EXPERIMENT = "saccade"
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, else the embedded SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def client(uri: str | None = None) -> Any:
+    """An MlflowClient on `uri`, by default `tracking_uri()` (mlflow imported here: it is slow
+    to import, and a job that never touches the store should not pay for it)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri or tracking_uri())
+
+
+def artifact_location(experiment: str) -> str | None:
+    """For a SQLite store, artifacts go beside the database (MLflow would otherwise write into
+    ./mlruns of whatever directory the job runs in); a tracking server decides for itself."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    base = os.path.dirname(uri.removeprefix("sqlite:///"))
+    return "file://" + os.path.join(base, "mlartifacts", experiment)
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment's id, creating it (with its artifact location) on first use."""
+    store = client()
+    found = store.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return store.create_experiment(name, artifact_location=artifact_location(name))
+
+
+# --- the model registry ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -27,12 +69,6 @@ class ModelRef:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def client() -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri())
 
 
 def _not_found(exc: Exception) -> bool:
