@@ -18,7 +18,8 @@ def ray_cluster(s3_endpoint: str) -> Iterator[str]:
     """A local Ray cluster with 2 CPUs (the CI machine's size).
 
     Started after the S3 server so that its workers inherit the AWS environment pointing at it.
-    Yields the job server's address (the dashboard), for `ray job submit` tests.
+    Yields the job server's address (the dashboard); a test that submits jobs there takes
+    `job_server`, which waits until the server accepts them.
     """
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -30,10 +31,17 @@ def ray_cluster(s3_endpoint: str) -> Iterator[str]:
         dashboard_host="127.0.0.1",
         log_to_driver=False,
     )
-    address = f"http://{context.dashboard_url}"
-    _wait_for_job_agent(address)
-    yield address
+    yield f"http://{context.dashboard_url}"
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def job_server(ray_cluster: str) -> str:
+    """The session cluster's job server once it accepts `ray job submit`. Only the tests that
+    submit wait for it: its agent cannot start while another local Ray on the machine holds the
+    agent's fixed port (Ray's 52365), which no other test needs."""
+    _wait_for_job_agent(ray_cluster)
+    return ray_cluster
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +74,8 @@ def s3_endpoint() -> Iterator[str]:
 
 def _wait_for_job_agent(address: str, timeout_s: float = 240.0) -> None:
     """The job server accepts submissions only once the head's agent has registered; until then
-    it answers "No available agent to submit job" (minutes on a loaded 2-core machine). Submit a
-    no-op job until one runs."""
+    it answers "No available agent to submit job" (minutes on a loaded 2-core machine; for good
+    while another local Ray holds the agent's port). Submit a no-op job until one runs."""
     import time
 
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -184,7 +184,7 @@ def test_resume_continues_from_the_last_epoch(
 
 
 def test_train_through_ray_job_submit(
-    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+    job_server: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
 ) -> None:
     # The job's environment names the tracking store, as a user's runtime env would.
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}})
@@ -194,7 +194,7 @@ def test_train_through_ray_job_submit(
             "job",
             "submit",
             "--address",
-            ray_cluster,
+            job_server,
             "--working-dir",
             str(REPO_ROOT),
             "--runtime-env-json",
