@@ -161,9 +161,9 @@ def test_tradeoff_end_to_end_json_and_resume(
     # A glimpse picture of the test images per saccader, none for the baselines.
     pictures = sorted(p.name for p in (tmp_path / "pics").iterdir())
     suffixes = ("", f"-cluttered_mnist-{evaluation_set.rsplit('/', 1)[-1]}")
-    assert pictures == [
+    assert pictures == sorted(
         f"tiny_cpu-seed{seed}_glimpses{suffix}.png" for seed in (0, 1) for suffix in suffixes
-    ]
+    )
     with Image.open(tmp_path / "pics" / pictures[0]) as picture:
         assert picture.width > 200 and picture.height > 200
     versions = _versions(tmp_path)
