@@ -2,6 +2,7 @@
 
     python -m jobs.benchmark tradeoff --dataset ROOT/vNNNN --recipes R1,R2,... [--seeds 0,1]
         [--set KEY=VALUE ...] [--state DIR] [--tag [RECIPE=]TAG,...] [--json FILE]
+        [--also-test URL,...] [--pictures DIR]
 
 One row per model: each recipe once, and a saccader recipe once per seed (baselines take the
 first seed). For each model, three phases, each in processes of its own so that memory and Ray
@@ -26,6 +27,11 @@ code is not in the key, so after a model change give a new ``--tag``: ``--tag v2
 model, ``--tag signs_cpu=v2`` only that recipe's (the others keep their trained models).
 ``--json FILE`` writes ``tradeoff_json``'s layout: top-level ``dataset``, ``source``,
 ``image_size``, ``date``, ``machine`` (and the command, commit, settings) and ``rows``.
+``--also-test URL`` evaluates every trained model on another dataset version with the same
+classes (StarCraft II: scenes of real replays beside the simulated ones; a test split is all it
+needs), a phase of its own in the state; its rows (the evaluated fields) go into the JSON's
+``also_tested`` and a table of their own. For a count label (the manifest's ``label_kind``) the
+rows also carry ``mae``, ``within_one`` and the share of objects some glimpse covers.
 """
 
 from __future__ import annotations
