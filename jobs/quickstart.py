@@ -138,7 +138,7 @@ def _evaluate(model_uri: str, dataset: str) -> dict[str, Any]:
         if subprocess.run(command, stdout=sys.stderr).returncode != 0:
             raise RuntimeError(f"evaluating {model_uri} failed; its output is in the log")
         with open(path) as f:
-            return evaluated(json.load(f)["metrics"])
+            return evaluated(json.load(f))
 
 
 def _row(label: str, outcome: TrainOutcome, images: int, dataset: str, seed: int) -> dict:

@@ -63,6 +63,7 @@ ROW_FIELDS = (
     "peak_mb_b16",
     "looked_fraction",
     "tiles_decoded_fraction",
+    "confusion",
     "train_seconds",
     "train_samples_per_s",
     "epochs",
@@ -241,7 +242,8 @@ def tradeoff_row(
     train_images: int,
 ) -> dict[str, Any]:
     """One model's row: exactly ``ROW_FIELDS`` (hit-rates and coverage null for models without
-    glimpses, count errors null for a dataset whose label is not a count)."""
+    glimpses, count errors and the confusion matrix null for a dataset whose label is not a
+    count)."""
     seconds = float(training["train_seconds"])
     epochs = int(training["epochs"])
     row = {
@@ -254,6 +256,8 @@ def tradeoff_row(
         **{f"peak_mb_b{b}": float(measured[f"peak_mb_b{b}"]) for b in BATCHES},
         "looked_fraction": _float_or_none(measured.get("looked_fraction")),
         "tiles_decoded_fraction": float(measured["tiles_decoded_fraction"]),
+        # for a count label: the test split's confusion matrix, rows the true count
+        "confusion": evaluation.get("confusion"),
         "train_seconds": seconds,
         "train_samples_per_s": epochs * train_images / seconds if seconds > 0 else 0.0,
         "epochs": epochs,
@@ -265,10 +269,14 @@ def tradeoff_row(
     return row
 
 
-def evaluated(metrics: Mapping[str, float]) -> dict[str, float | None]:
-    """What a row takes from the evaluate job's test-split metrics (``test/...``)."""
+def evaluated(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a row takes from the evaluate job's ``--json`` on the test split: its metrics
+    (``test/...``) and, for a count label, the confusion matrix (rows: true count)."""
+    metrics = result["metrics"]
     extra = {k: metrics.get(f"test/{k}") for k in EVALUATED}
-    return {"accuracy": metrics["test/accuracy"], **extra}
+    counted = metrics.get("test/mae") is not None
+    confusion = (result.get("confusion") or {}).get("matrix") if counted else None
+    return {"accuracy": metrics["test/accuracy"], **extra, "confusion": confusion}
 
 
 def _float_or_none(value: Any) -> float | None:

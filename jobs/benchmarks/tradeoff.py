@@ -266,7 +266,7 @@ def evaluate_model(model_uri: str, dataset: str, log: Path) -> dict[str, Any]:
         path = os.path.join(directory, "eval.json")
         _job("jobs.evaluate", ["--model", model_uri, "--dataset", dataset, "--json", path], log)
         result = json.loads(Path(path).read_text())
-    return {**evaluated(result["metrics"]), "evaluation_run_id": result["run_id"]}
+    return {**evaluated(result), "evaluation_run_id": result["run_id"]}
 
 
 # ---------------------------------------------------------------------------------------------

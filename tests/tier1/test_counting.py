@@ -97,8 +97,10 @@ def test_saccader_loss_asks_each_glimpse_its_own_count() -> None:
 def test_rows_and_table_carry_count_errors_and_coverage() -> None:
     metrics = {"test/accuracy": 0.25, "test/mae": 1.5, "test/within_one": 0.6}
     metrics |= {"test/object_coverage": 0.7, "test/centred_object_coverage": 0.1}
-    evaluation = evaluated(metrics)
+    matrix = [[1, 0], [2, 1]]
+    evaluation = evaluated({"metrics": metrics, "confusion": {"matrix": matrix}})
     assert evaluation["mae"] == 1.5 and evaluation["hit_rate"] is None
+    assert evaluation["confusion"] == matrix
     row = tradeoff_row(
         model="saccader",
         recipe="sc2_cpu",
@@ -116,10 +118,14 @@ def test_rows_and_table_carry_count_errors_and_coverage() -> None:
         train_images=10,
     )
     assert (row["mae"], row["within_one"], row["object_coverage"]) == (1.5, 0.6, 0.7)
+    assert row["confusion"] == matrix
+    # a class label: no count errors, no confusion matrix in the row
+    plain = {"metrics": {"test/accuracy": 0.5}, "confusion": {"matrix": matrix}}
+    assert evaluated(plain)["confusion"] is None
     header = format_table([row]).splitlines()[0]
     assert "MAE" in header and "within 1" in header and "covered" in header
-    plain = dict(row, mae=None, within_one=None)
-    assert "MAE" not in format_table([plain]).splitlines()[0]
+    uncounted = dict(row, mae=None, within_one=None)
+    assert "MAE" not in format_table([uncounted]).splitlines()[0]
 
 
 def test_an_evaluation_only_dataset_puts_every_file_in_test() -> None:
