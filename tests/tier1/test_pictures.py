@@ -106,3 +106,39 @@ def test_class_names_fall_back_to_the_index() -> None:
     assert class_name(2, ["a", "b", "c"]) == "c"
     assert class_name(7, ["a"]) == "7"
     assert class_name(3, None) == "3"
+
+
+def test_the_glimpse_figure_draws_originals_of_different_sizes() -> None:
+    """Photos and replay renders differ in size within a batch: each original is read whole on
+    its own (a stacked read of the batch refused them, and the picture crashed)."""
+    from model.glimpse import TensorRegionReader
+
+    class MixedSizes:
+        """Two images of different sizes behind the region-reader interface."""
+
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.images = [torch.rand(1, 40, 60, generator=g), torch.rand(1, 50, 30, generator=g)]
+
+        def image_sizes(self) -> list[tuple[int, int]]:
+            return [tuple(image.shape[1:]) for image in self.images]
+
+        def read_regions(self, boxes_B4: torch.Tensor, *, level: int = 1) -> list[torch.Tensor]:
+            return [
+                TensorRegionReader(image[None]).read_regions(box[None], level=level)[0]
+                for image, box in zip(self.images, boxes_B4, strict=True)
+            ]
+
+    batch = Batch(
+        proxy_BCHW=torch.rand(2, 1, 10, 10),
+        labels_B=torch.arange(2),
+        reader=MixedSizes(),
+        gt_boxes=[torch.tensor([[0.1, 0.1, 0.3, 0.3]])] * 2,
+    )
+    fig = glimpse_figure(batch, _boxes(2, 2), title="mixed")
+    shapes = [ax.images[0].get_array().shape for ax in fig.axes if ax.images]
+    assert shapes == [(10, 10), (40, 60), (10, 10), (50, 30)]
+    # panels of an eighth of the images or less: drawn from the ×8 pooled level
+    small = glimpse_figure(batch, _boxes(2, 2), title="mixed", side=3)
+    shapes = [ax.images[0].get_array().shape for ax in small.axes if ax.images]
+    assert shapes == [(10, 10), (5, 8), (10, 10), (7, 4)]
