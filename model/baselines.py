@@ -28,7 +28,9 @@ class ResizeBaseline(BatchClassifier):
         self.head = nn.Linear(self.backbone.out_dim, config.num_classes)
 
     def batch_logits(self, batch: Batch) -> torch.Tensor:
-        images_BCHW = resize_square(batch.full_images(), self.config.image_size)
+        # one image at a time: a batch of photos or replay renders may mix sizes
+        size = self.config.image_size
+        images_BCHW = torch.cat([resize_square(i[None], size) for i in batch.whole_images()])
         return self.head(self.backbone(images_BCHW))
 
 
@@ -69,12 +71,13 @@ class PatchesBaseline(BatchClassifier):
     def batch_logits(self, batch: Batch) -> torch.Tensor:
         reader = batch.region_reader()
         sizes = reader.image_sizes()
-        if len(set(sizes)) != 1:
-            raise ValueError(
-                f"{type(self).__name__} needs equal image sizes in a batch, got {sizes}"
-            )
         B, P = len(sizes), self.config.patch_size
-        positions = patch_positions(*sizes[0], P)
+        # the patches of the largest extent; where images differ in size (photos, replay
+        # renders), a patch past an image's own extent is read (zeros) but not counted for it
+        positions = patch_positions(max(h for h, _ in sizes), max(w for _, w in sizes), P)
+        inside_NB = torch.tensor(
+            [[y < h and x < w for h, w in sizes] for y, x in positions], device=batch.device
+        )
         per_chunk = max(1, self.config.patches_per_chunk // B)
         features_BF = None
         for start in range(0, len(positions), per_chunk):
@@ -83,7 +86,8 @@ class PatchesBaseline(BatchClassifier):
                 f_MF = checkpoint(self.backbone, patches_MCPP, use_reentrant=False)
             else:
                 f_MF = self.backbone(patches_MCPP)
-            chunk_BF = f_MF.view(-1, B, f_MF.shape[1]).sum(dim=0)  # M = positions × B
+            f_NBF = f_MF.view(-1, B, f_MF.shape[1])  # M = positions × B
+            chunk_BF = (f_NBF * inside_NB[start : start + per_chunk, :, None]).sum(dim=0)
             features_BF = chunk_BF if features_BF is None else features_BF + chunk_BF
         return self.head(features_BF)
 

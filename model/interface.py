@@ -56,18 +56,27 @@ class Batch:
         return TensorRegionReader(self.images_BCHW)
 
     def full_images(self) -> torch.Tensor:
-        """The whole originals; read (every tile decoded) from the reader when not given."""
+        """The whole originals as one tensor (they must be of one size); read (every tile
+        decoded) from the reader when not given."""
         if self.images_BCHW is not None:
             return self.images_BCHW
-        if self.reader is None:
-            raise ValueError("this model needs the originals: set Batch.images_BCHW or reader")
-        sizes = self.reader.image_sizes()
+        images = self.whole_images()
+        sizes = [tuple(image.shape[1:]) for image in images]
         if len(set(sizes)) != 1:
-            raise ValueError(f"whole-image models need equal image sizes in a batch, got {sizes}")
-        H, W = sizes[0]
-        boxes_B4 = torch.tensor([[0, 0, H, W]] * len(sizes), dtype=torch.int64)
-        images = torch.stack(self.reader.read_regions(boxes_B4))
-        return images.to(self.device)
+            raise ValueError(f"the originals differ in size, got {sizes}: use whole_images")
+        return torch.stack(images)
+
+    def whole_images(self, level: int = 1) -> list[torch.Tensor]:
+        """Each original whole, C×H×W, whatever its size (photos and replay renders differ in
+        a batch); `level` > 1 reads the ×level pooled level instead (fewer tiles decoded)."""
+        if self.images_BCHW is not None and level == 1:
+            return list(self.images_BCHW)
+        reader = self.region_reader()
+        sizes = reader.image_sizes()
+        boxes_B4 = torch.tensor(
+            [[0, 0, -(-h // level), -(-w // level)] for h, w in sizes], dtype=torch.int64
+        )
+        return [image.to(self.device) for image in reader.read_regions(boxes_B4, level=level)]
 
 
 @dataclass

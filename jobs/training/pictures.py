@@ -130,18 +130,6 @@ def confusion_picture(confusion_KK: np.ndarray, **labels: Any) -> Image.Image:
 PICTURE_LEVEL = 8
 
 
-def _originals(batch: Batch, side: int) -> list[torch.Tensor]:
-    """Each original whole, whatever its size (photos and replay renders differ), from the
-    pooled level when the panel shows it that small anyway."""
-    if batch.images_BCHW is not None:
-        return list(batch.images_BCHW)
-    reader = batch.region_reader()
-    sizes = reader.image_sizes()
-    level = PICTURE_LEVEL if min(min(size) for size in sizes) >= PICTURE_LEVEL * side else 1
-    boxes_B4 = torch.tensor([[0, 0, -(-h // level), -(-w // level)] for h, w in sizes])
-    return reader.read_regions(boxes_B4, level=level)
-
-
 def glimpse_figure(
     batch: Batch,
     boxes_BT4: torch.Tensor,
@@ -155,7 +143,9 @@ def glimpse_figure(
     boxes (colour = glimpse order, see the legend) and the ground-truth boxes in white; under
     each pair its predicted and true class names (green when they agree, red when not).
     `side`: pixels per image panel."""
-    originals = _originals(batch, side)
+    sizes = batch.region_reader().image_sizes()
+    small = min(min(size) for size in sizes) >= PICTURE_LEVEL * side
+    originals = batch.whole_images(PICTURE_LEVEL if small else 1)
     count, glimpses = boxes_BT4.shape[0], boxes_BT4.shape[1]
     pairs_per_row = 1 if count <= 2 else 2
     rows = -(-count // pairs_per_row)

@@ -102,6 +102,31 @@ def test_tile_reader_batch_equals_in_memory_batch(name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["resnet18_patches_test", "resnet18_resize224_test"])
+def test_whole_image_baselines_take_a_batch_of_mixed_sizes(name: str) -> None:
+    """Photos (portrait and landscape) and replay renders differ in size within a batch: each
+    image's logits are what it gets alone (a refused batch crashed training and evaluation)."""
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in ((70, 50, 3), (40, 90, 3))]
+    tiled = [TiledImage.from_array(a, tile_size=16, tile_format="png") for a in arrays]
+    proxy_BCHW = torch.rand(2, CHANNELS, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def batch(images: list[TiledImage], proxy: torch.Tensor) -> Batch:
+        labels = torch.zeros(len(images), dtype=torch.long)
+        return Batch(proxy_BCHW=proxy, labels_B=labels, reader=TileRegionReader(images, threads=1))
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=CLASSES, in_channels=CHANNELS).eval()
+    for module in model.modules():  # a fresh net maps a blank patch to zero features: not here
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.bias.data.fill_(0.1)
+    together = model.predict(batch(tiled, proxy_BCHW)).logits_BK
+    alone = torch.cat(
+        [model.predict(batch([t], proxy_BCHW[i : i + 1])).logits_BK for i, t in enumerate(tiled)]
+    )
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_patches_sum_features_of_zero_padded_patches() -> None:
     torch.manual_seed(0)
     model = create_model("resnet18_patches_test", num_classes=CLASSES, in_channels=CHANNELS).eval()
