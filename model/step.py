@@ -101,13 +101,12 @@ def eval_step(model: BatchClassifier, batch: Batch) -> dict[str, Any]:
         "prediction": prediction,
     }
     if prediction.boxes_BT4 is not None and batch.gt_boxes is not None:
-        out["hit_rate"] = hit_rate(prediction.boxes_BT4, batch.gt_boxes)
-        out["centred_hit_rate"] = centred_hit_rate(prediction.boxes_BT4, batch.gt_boxes)
-        out["objects"], out["covered"] = object_coverage(prediction.boxes_BT4, batch.gt_boxes)
-        centred = centred_boxes(prediction.boxes_BT4.flatten(0, 1))
-        _, out["centred_covered"] = object_coverage(
-            centred.view_as(prediction.boxes_BT4), batch.gt_boxes
-        )
+        boxes_BT4 = prediction.boxes_BT4
+        centred_BT4 = centred_boxes(boxes_BT4.flatten(0, 1)).view_as(boxes_BT4)
+        out["hit_rate"] = hit_rate(boxes_BT4, batch.gt_boxes)
+        out["centred_hit_rate"] = hit_rate(centred_BT4, batch.gt_boxes)
+        out["objects"], out["covered"] = object_coverage(boxes_BT4, batch.gt_boxes)
+        _, out["centred_covered"] = object_coverage(centred_BT4, batch.gt_boxes)
     return out
 
 
