@@ -40,6 +40,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--proxy-side", type=positive_int, default=256, help="raw images: proxy side")
     p.add_argument("--actors", type=positive_int, default=1, help="model replicas (Ray actors)")
     p.add_argument("--actor-cpus", type=positive_float, default=1.0, help="CPUs per model actor")
+    p.add_argument(
+        "--actor-gpus",
+        type=positive_float,
+        default=0.0,
+        help="GPUs per model actor; the model then runs on its GPU (default: none, the CPU)",
+    )
     p.add_argument("--num-cpus", type=positive_int, help="CPUs for a local Ray (default: all)")
     return p.parse_args(argv)
 
@@ -94,13 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels=channels,
         actors=args.actors,
         actor_cpus=args.actor_cpus,
+        actor_gpus=args.actor_gpus,
     )
     if dataset:
         from jobs.training.data import open_dataset
 
         open_dataset(dataset, args.split)  # missing version, split or schema: fails before Ray
     print(f"model {args.model} -> {ref.uri}; input {dataset or args.images}", flush=True)
-    start_ray(args.num_cpus, prediction_demand(args.actors, args.actor_cpus))
+    start_ray(args.num_cpus, prediction_demand(args.actors, args.actor_cpus, args.actor_gpus))
     summary = predict(request, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary.format())
     return 0

@@ -84,13 +84,16 @@ def training_demand(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> 
     )
 
 
-def prediction_demand(actors: int, actor_cpus: float) -> Demand:
+def prediction_demand(actors: int, actor_cpus: float, actor_gpus: float = 0.0) -> Demand:
     """The model actors plus the read/tile tasks that feed them."""
     return Demand(
         cpus=actors * actor_cpus + DATA_CPUS,
         cpus_what=f"--actors {actors} × --actor-cpus {actor_cpus:g} + {DATA_CPUS:g} CPU for "
         "reading the inputs",
         fix="lower --actors or --actor-cpus, or give Ray more CPUs",
+        gpus=actors * actor_gpus,
+        gpus_what=f"--actors {actors} × --actor-gpus {actor_gpus:g}",
+        gpu_fix="leave out --actor-gpus (the model runs on the CPU), or run where there are GPUs",
     )
 
 

@@ -9,6 +9,11 @@ of a 64-px image, so a tile that reaches the model damaged fails the prediction.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +22,8 @@ import torch
 from PIL import Image
 
 from jobs.ops.prediction import tile_image_files
-from jobs.training.loop import build_model
 from jobs.training.packaging import save_pyfunc
-from jobs.training.recipes import make_recipe
+from jobs.training.recipes import build_model, make_recipe
 
 SIDE = 64  # image side, px
 TILE = 16  # full-resolution tile side: 16 tiles per image; the ×8 level is one 8×8 tile
@@ -62,3 +66,24 @@ def image_requests(folder: Path, images: dict[str, np.ndarray], tile_format: str
         proxy_max_side=16,
         channels=3,
     )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Until the server `process` started answers 200 at `url` (its /ping or /health)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{process.args} exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # refused, reset, timed out: not up yet
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing answered on {url} in {timeout_s} s")

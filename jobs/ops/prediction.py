@@ -132,11 +132,13 @@ def _tile(
 # --- The model ------------------------------------------------------------------------------------
 
 
-def load_pyfunc(model_uri: str, uri: str | None = None) -> Any:
+def load_pyfunc(model_uri: str, uri: str | None = None, device: str = "cpu") -> Any:
+    """The registered pyfunc, its PyTorch model on `device` (models logged before the device
+    option load on the CPU whatever it says)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri or tracking_uri())
-    return mlflow.pyfunc.load_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri, model_config={"device": device})
 
 
 def model_channels(pyfunc: Any) -> int:
@@ -151,8 +153,15 @@ class Predictor:
     `error` and the batch's other rows keep their predictions.
     """
 
-    def __init__(self, *, model_uri: str, tracking_uri: str, annotate: str | None = None) -> None:
-        self.pyfunc = load_pyfunc(model_uri, tracking_uri)
+    def __init__(
+        self,
+        *,
+        model_uri: str,
+        tracking_uri: str,
+        annotate: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.pyfunc = load_pyfunc(model_uri, tracking_uri, device)
         self.annotate = annotate
         names = self.pyfunc.metadata.get_input_schema().input_names()
         self.packed = set(MODEL_COLUMNS) <= set(names)
@@ -312,15 +321,21 @@ class PredictRequest:
     channels: int = 3  # raw images: the model's input channels (1 grey, 3 RGB)
     actors: int = 1  # model replicas (one Ray actor each)
     actor_cpus: float = 1.0  # CPUs reserved per model actor
+    actor_gpus: float = 0.0  # GPUs per model actor (> 0: the model runs on its GPU)
 
     def __post_init__(self) -> None:
         if (self.dataset is None) == (self.images is None):
             raise ValueError("give exactly one input: --dataset URL or --images FOLDER")
-        if self.batch_size < 1 or self.actors < 1 or self.actor_cpus <= 0:
+        if self.batch_size < 1 or self.actors < 1 or self.actor_cpus <= 0 or self.actor_gpus < 0:
             raise ValueError(
-                f"batch_size and actors must be >= 1 and actor_cpus > 0, got {self.batch_size}, "
-                f"{self.actors}, {self.actor_cpus}"
+                f"batch_size and actors must be >= 1, actor_cpus > 0 and actor_gpus >= 0, got "
+                f"{self.batch_size}, {self.actors}, {self.actor_cpus}, {self.actor_gpus}"
             )
+
+    @property
+    def device(self) -> str:
+        """Where each actor's model runs: the GPU Ray gives it, if it asks for one."""
+        return "cuda" if self.actor_gpus > 0 else "cpu"
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
 
@@ -365,9 +380,11 @@ def predict(request: PredictRequest, *, progress: Callable[[str], None]) -> Pred
             "model_uri": request.model_uri,
             "tracking_uri": tracking_uri(),
             "annotate": request.annotate,
+            "device": request.device,
         },
         compute=ActorPoolStrategy(size=request.actors),  # `concurrency` is deprecated
         num_cpus=request.actor_cpus,
+        **({"num_gpus": request.actor_gpus} if request.actor_gpus else {}),
         batch_size=request.batch_size,
         batch_format="pyarrow",
     )

@@ -41,12 +41,12 @@ class Assessment:
 
 def load_classifier(model_uri: str) -> tuple[BatchClassifier, Any]:
     """The PyTorch model inside a registered pyfunc (`models:/NAME/VERSION`, `models:/NAME@alias`,
-    `runs:/ID/model`), and the pyfunc itself."""
+    `runs:/ID/model`), and the pyfunc itself; on the CPU, where evaluation builds its batches."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        pyfunc = mlflow.pyfunc.load_model(model_uri, model_config={"device": "cpu"})
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"cannot load model {model_uri}: {exc.message}") from None
     return pyfunc.unwrap_python_model().model, pyfunc

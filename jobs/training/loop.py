@@ -27,10 +27,9 @@ from jobs.training.evaluation import (
 )
 from jobs.training.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
-from jobs.training.recipes import TrainConfig
+from jobs.training.recipes import TrainConfig, build_model
 from jobs.training.tracking import StepLog, Tracker
 from model.interface import Batch, BatchClassifier
-from model.registry import create_model
 from model.step import BoxCurriculum, LossModule, train_step
 from pipelines.storage import DatasetVersion
 
@@ -39,11 +38,6 @@ STATE_FILE = "state.pt"
 EPOCH_KEY = "train/epoch_seconds"  # a metric every epoch logs: which epochs the run has
 PROGRESS_STEPS = 100  # a progress line within long epochs, every this many steps (rank 0)
 VAL_BATCH = 32  # validation images per forward pass
-
-
-def build_model(cfg: TrainConfig, data: dict[str, Any]) -> BatchClassifier:
-    """The configured model for this dataset's classes and channels."""
-    return create_model(cfg.model, **cfg.model_settings(data))
 
 
 def _restore(

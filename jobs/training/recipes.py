@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.interface import BatchClassifier
 from model.loss import ObjectiveConfig
-from model.registry import config_type, variant_settings
+from model.registry import config_type, create_model, variant_settings
 
 
 @dataclass(kw_only=True)
@@ -652,6 +653,12 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "cluttered_2528_gpu": cluttered_2528_gpu,
     "sc2_gpu": sc2_gpu,
 }
+
+
+def build_model(cfg: TrainConfig, data: Mapping[str, Any]) -> BatchClassifier:
+    """The configured model for this dataset's classes and channels (what training, the
+    registered pyfunc and the benchmarks build)."""
+    return create_model(cfg.model, **cfg.model_settings(data))
 
 
 def make_recipe(name: str, dataset: str, overrides: Mapping[str, str]) -> TrainConfig:

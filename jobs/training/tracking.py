@@ -78,6 +78,11 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+# The run's parameters that say what is trained; others are MLflow's (a logged model's
+# `model_config` becomes run parameters) and say nothing about it.
+TRAINING_IDENTITY = ("train.", "dataset.")
+
+
 def _check_same_training(
     run_name: str, logged: Mapping[str, str], params: Mapping[str, Any]
 ) -> None:
@@ -89,7 +94,8 @@ def _check_same_training(
     changed = sorted(
         k
         for k in logged.keys() | params.keys()
-        if k not in RESUMABLE_CHANGES
+        if k.startswith(TRAINING_IDENTITY)
+        and k not in RESUMABLE_CHANGES
         and logged.get(k) != (_param_value(params[k]) if k in params else None)
     )
     if changed:

@@ -21,10 +21,10 @@ from jobs.training.data import (
     open_dataset,
     read_split,
 )
-from jobs.training.loop import STATE_FILE, build_model, train_loop_per_worker
+from jobs.training.loop import STATE_FILE, train_loop_per_worker
 from jobs.training.packaging import log_and_register
 from jobs.training.progress import Event, board
-from jobs.training.recipes import TrainConfig
+from jobs.training.recipes import TrainConfig, build_model
 from jobs.training.tracking import DatasetRef, end_run, flatten, git_commit, start_or_resume_run
 from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion

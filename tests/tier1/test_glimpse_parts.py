@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs.training.loop import build_model
-from jobs.training.recipes import make_recipe
+from jobs.training.recipes import build_model, make_recipe
 from model.interface import Batch
 from model.loss import ObjectiveConfig, glimpse_log_likelihood
 from model.registry import create_model

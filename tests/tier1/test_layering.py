@@ -92,3 +92,23 @@ def test_the_store_is_a_leaf_and_training_never_imports_operations() -> None:
         if found:
             offenders[str(path.relative_to(ROOT))] = found
     assert not offenders, f"jobs/training imports jobs/ops: {offenders}"
+
+
+def test_the_registered_model_loads_without_the_training_loop() -> None:
+    """The pyfunc builds its model from the model registry and the saved (name, config): what a
+    served model imports of the project is the data reader, the recipes' config and `model/`,
+    never the training loop, its trainer, tracking or pictures (nor Ray)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, jobs.training.packaging\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('jobs.') or m == 'ray')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert "jobs.training.recipes" in loaded
+    training = {"loop", "trainer", "tracking", "pictures"}
+    assert not loaded & ({f"jobs.training.{m}" for m in training} | {"ray"}), sorted(loaded)

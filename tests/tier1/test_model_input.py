@@ -14,14 +14,16 @@ import mlflow
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from mlflow.models import infer_signature
 from pyfunc_support import SIDE, image_requests, save_tiny_pyfunc, solid_image
 
-from jobs.ops.prediction import Predictor
+from jobs.ops.prediction import Predictor, PredictRequest
 from jobs.training.data import table_to_batch
 from jobs.training.packaging import (
     INPUT_COLUMNS,
     _pyfunc_arguments,
+    _shipped_code_importable,
     model_frame,
     pack_tiles,
     unpack_tiles,
@@ -110,16 +112,31 @@ def test_a_model_with_list_columns_is_predicted_without_loss(tmp_path: Path) -> 
     """Models packaged before the packed columns (a signature of list-of-binary columns)."""
     import torch
 
-    from jobs.training.loop import build_model
-    from jobs.training.recipes import make_recipe
+    from jobs.training.recipes import build_model, make_recipe
 
     rows = image_requests(tmp_path / "in", {"black.png": solid_image(0)}, "raw")
     config = make_recipe("tiny_cpu", "unused", {"model_cfg.pooled_level": "1"})
     data = {"num_classes": 3, "class_names": ["a", "b", "c"], "channels": 3}
     state = {"model": build_model(config, data).state_dict(), "train": config.to_dict()}
     torch.save({**state, "data": data}, tmp_path / "state.pt")
-    arguments = _pyfunc_arguments(str(tmp_path / "state.pt"), rows)
+    arguments = _pyfunc_arguments(str(tmp_path / "state.pt"), rows, str(tmp_path))
     arguments["signature"] = infer_signature(model_frame(rows, INPUT_COLUMNS))
-    mlflow.pyfunc.save_model(str(tmp_path / "old"), **arguments)
+    del arguments["input_example"]  # of the packed columns
+    with _shipped_code_importable(str(tmp_path)):
+        mlflow.pyfunc.save_model(str(tmp_path / "old"), **arguments)
     predicted = _predict(tmp_path / "old", rows)
     assert predicted["black.png"]["error"] is None
+
+
+def test_prediction_actors_load_the_model_on_the_device_they_are_given(
+    models: dict[str, Path],
+) -> None:
+    """`--actor-gpus` makes each actor load the model on its GPU: the device reaches the
+    pyfunc (here, with no GPU, as the error that says so)."""
+    assert PredictRequest(model_uri="m", out="o", images="i").device == "cpu"
+    assert PredictRequest(model_uri="m", out="o", images="i", actor_gpus=0.5).device == "cuda"
+    predictor = Predictor(model_uri=str(models["full"]), tracking_uri="file:///unused")
+    assert predictor.pyfunc.unwrap_python_model().device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="asked to load on cuda, but torch sees no GPU"):
+            Predictor(model_uri=str(models["full"]), tracking_uri="file:///unused", device="cuda")

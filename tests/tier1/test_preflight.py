@@ -126,6 +126,9 @@ def test_gpus_are_refused_where_there_are_none() -> None:
     check_demand(training_demand(2, 0.5, True), Capacity(where="c", cpus=8, gpus=2))
     with pytest.raises(ValueError, match=r"use_gpu=true .* needs 1 GPU\(s\), but c has 0"):
         check_demand(training_demand(1, 0.5, True), Capacity(where="c", cpus=8, gpus=0))
+    check_demand(prediction_demand(2, 1.0, 0.5), Capacity(where="c", cpus=8, gpus=1))
+    with pytest.raises(ValueError, match=r"--actors 2 × --actor-gpus 1 needs 2 GPU\(s\)"):
+        check_demand(prediction_demand(2, 1.0, 1.0), Capacity(where="c", cpus=8, gpus=1))
 
 
 def test_local_capacity() -> None:

@@ -37,6 +37,16 @@ def test_the_same_training_resumes_its_run(experiment: str) -> None:
     assert start_or_resume_run(experiment, "r", renamed) == run_id
 
 
+def test_parameters_mlflow_logs_for_the_model_do_not_block_a_resume(experiment: str) -> None:
+    """A logged model's `model_config` (`device`) lands among the run's parameters: it says
+    nothing about what is trained."""
+    import mlflow
+
+    run_id = start_or_resume_run(experiment, "m", FIRST)
+    mlflow.MlflowClient().log_param(run_id, "device", "auto")
+    assert start_or_resume_run(experiment, "m", FIRST) == run_id
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

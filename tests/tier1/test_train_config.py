@@ -29,7 +29,7 @@ def test_every_recipe_builds_a_valid_config() -> None:
 
 def test_every_recipe_builds_its_model() -> None:
     """A recipe whose model settings the model refuses would fail only when a run starts."""
-    from jobs.training.loop import build_model
+    from jobs.training.recipes import build_model
 
     for name in RECIPES:
         config = make_recipe(name, "data/x/v0001", {})

@@ -19,9 +19,8 @@ import torch
 
 from jobs.store import ensure_experiment, tracking_uri
 from jobs.training.data import TRAIN_COLUMNS
-from jobs.training.loop import build_model
 from jobs.training.packaging import log_and_register
-from jobs.training.recipes import make_recipe
+from jobs.training.recipes import build_model, make_recipe
 from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest
 from pipelines.storage import DatasetVersion, Staging, write_parquet
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,31 +16,18 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from pyfunc_support import image_requests, save_tiny_pyfunc, solid_image
+from pyfunc_support import (
+    free_port,
+    image_requests,
+    save_tiny_pyfunc,
+    solid_image,
+    wait_until_answers,
+)
 
 from jobs.training.data import table_to_batch
 from jobs.training.packaging import request_json
 
 pytestmark = pytest.mark.tier2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"mlflow models serve exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    raise TimeoutError(f"mlflow models serve did not answer on {url} in {timeout_s} s")
 
 
 @pytest.mark.parametrize("reads", ["full", "level"])
@@ -51,7 +36,7 @@ def test_served_model_predicts_black_and_white_raw_tiles(tmp_path: Path, reads: 
         tmp_path / "in", {"black.png": solid_image(0), "white.png": solid_image(255)}, "raw"
     )
     save_tiny_pyfunc(tmp_path / "model", reads=reads, example=rows)
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
     command += ["-m", str(tmp_path / "model"), "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port)]
@@ -63,7 +48,7 @@ def test_served_model_predicts_black_and_white_raw_tiles(tmp_path: Path, reads: 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, process)
+        wait_until_answers(f"{url}/ping", process)
         request = urllib.request.Request(
             f"{url}/invocations",
             data=request_json(rows).encode(),

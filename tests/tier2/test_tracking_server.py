@@ -7,29 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from ops_support import free_port_block
+from pyfunc_support import wait_until_answers
 
 from jobs.ops.services import ServiceError, check_tracking_server
 
 pytestmark = pytest.mark.tier2
-
-
-def _wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"mlflow server exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server did not answer on {url} in {timeout_s} s")
 
 
 def test_a_host_the_server_does_not_allow_is_named_with_the_fix(tmp_path: Path) -> None:
@@ -41,7 +27,7 @@ def test_a_host_the_server_does_not_allow_is_named_with_the_fix(tmp_path: Path) 
     with (tmp_path / "server.log").open("w") as log:
         server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
     try:
-        _wait_for_health(f"http://127.0.0.1:{port}", server)
+        wait_until_answers(f"http://127.0.0.1:{port}/health", server, timeout_s=120)
         with pytest.raises(ServiceError, match=f"--allowed-hosts 127.0.0.1:{port}"):
             check_tracking_server(f"http://127.0.0.1:{port}")  # /health alone would pass
         assert check_tracking_server(f"http://localhost:{port}") == f"http://localhost:{port}"
