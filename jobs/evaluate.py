@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from jobs import console
 from jobs.common import JobParser, run_main
+from jobs.core.assess import assess
+from jobs.core.data import open_dataset
 from jobs.ops.services import check_object_store
 from jobs.preflight import positive_int
-from jobs.training.assess import assess
-from jobs.training.data import open_dataset
 from pipelines.storage import resolve_version
 
 

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         actor_gpus=args.actor_gpus,
     )
     if dataset:
-        from jobs.training.data import open_dataset
+        from jobs.core.data import open_dataset
 
         open_dataset(dataset, args.split)  # missing version, split or schema: fails before Ray
     print(f"model {args.model} -> {ref.uri}; input {dataset or args.images}", flush=True)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from jobs.core.packaging import save_pyfunc
 from jobs.ops.prediction import tile_image_files
-from jobs.training.packaging import save_pyfunc
 from jobs.training.recipes import build_model, make_recipe
 
 SIDE = 64  # image side, px

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobs.benchmarks._common import infer_stored, machine, table, time_inference, worker_json
-from jobs.training.packaging import INPUT_COLUMNS
+from jobs.core.packaging import INPUT_COLUMNS
 
 BATCHES = (1, 16)
 PICTURE_IMAGES = 8  # test images in a saccader's glimpse picture
@@ -112,7 +112,7 @@ def union_area(boxes_T4: Sequence[Sequence[float]]) -> float:
 def _load_model(model_uri: str, threads: int) -> Any:
     import torch
 
-    from jobs.training.assess import load_classifier
+    from jobs.core.assess import load_classifier
 
     torch.set_num_threads(threads)
     model, _ = load_classifier(model_uri)
@@ -172,8 +172,8 @@ def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Nam
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.training.data import table_to_batch
-    from jobs.training.pictures import prediction_picture
+    from jobs.core.data import table_to_batch
+    from jobs.core.pictures import prediction_picture
     from pipelines.storage import DatasetVersion
 
     model = _load_model(model_uri, args.threads)
@@ -283,7 +283,7 @@ def tradeoff_json(
 ) -> dict[str, Any]:
     """The benchmark's JSON object: top-level ``dataset``, ``source``, ``image_size`` (of the
     first test image), ``date``, ``machine``, anything in `extra`, and the ``rows``."""
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
     from jobs.training.tracking import git_commit
 
     version = open_dataset(dataset, "test")

@@ -324,7 +324,7 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _picture(result: dict[str, Any], test: Canvases, path: str, names: list[str]) -> None:
-    from jobs.training.pictures import class_name, glimpse_picture
+    from jobs.core.pictures import class_name, glimpse_picture
 
     batch = test.batch(slice(0, 12))
     glimpse_picture(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jobs.benchmarks._common import header, table, write_json
-from jobs.training.data import open_dataset, table_to_batch
+from jobs.core.data import open_dataset, table_to_batch
 from jobs.training.recipes import RECIPES, build_model, make_recipe
 from jobs.training.trainer import TrainRequest
 from model.glimpse import read_glimpses

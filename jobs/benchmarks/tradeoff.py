@@ -331,7 +331,7 @@ def _picture(plan: ModelPlan, record: dict[str, Any], args: argparse.Namespace) 
 
 def _dataset_label(dataset: str) -> str:
     """``<source>-<version>`` of a dataset version, for file names and titles."""
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
 
     source = open_dataset(dataset, "test").manifest.get("source", "dataset")
     return f"{source}-{dataset.rstrip('/').rsplit('/', 1)[-1]}"
@@ -358,7 +358,7 @@ def _train_phase(
 
 def _also_tested(other: str, plans: Sequence[ModelPlan], state: State) -> dict[str, Any]:
     """The models' figures on another dataset: a row per model of the evaluated fields."""
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
 
     rows = []
     for plan in plans:
@@ -395,7 +395,7 @@ def _tags(text: str, recipes: Sequence[str]) -> str | dict[str, str]:
 
 def check_dataset(dataset: str) -> dict[str, Any]:
     """The version's manifest; refused when it cannot fill a batch of the largest size."""
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
 
     manifest = open_dataset(dataset).manifest
     test = int((manifest.get("counts") or {}).get("test", 0))
@@ -428,7 +428,7 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
 
 def check_same_classes(manifest: Mapping[str, Any], other: str) -> None:
     """An --also-test dataset must name the classes the models were trained on, in order."""
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
 
     theirs = open_dataset(other, "test").manifest
     if theirs.get("class_names") != manifest.get("class_names"):

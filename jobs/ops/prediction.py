@@ -5,7 +5,7 @@ Stages are plain functions (or a class) on a pyarrow batch; `predict` composes t
   and tiled on the fly (`tile_image_files`) — an unreadable file becomes a row with its `error`;
 - `Predictor`: one Ray actor loads the registered pyfunc once and predicts batch after batch;
   with an annotation folder it also writes, per image, the proxy and the original with the
-  numbered glimpse boxes (`jobs.training.pictures.glimpse_picture`);
+  numbered glimpse boxes (`jobs.core.pictures.glimpse_picture`);
 - the driver streams the predictions into one Parquet file (written under a temporary name
   locally and moved into place; one upload on S3, which is atomic).
 """
@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.core.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
 from jobs.store import tracking_uri
-from jobs.training.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import filesystem, join
 
@@ -218,8 +218,8 @@ class Predictor:
     def _draw(self, row: pa.Table, boxes: list[Any], image_id: str, predicted: str) -> None:
         import torch
 
-        from jobs.training.data import table_to_batch
-        from jobs.training.pictures import class_name, glimpse_picture
+        from jobs.core.data import table_to_batch
+        from jobs.core.pictures import class_name, glimpse_picture
 
         if not boxes:  # a baseline model: no glimpses to draw
             return
@@ -345,7 +345,7 @@ def _requests(request: PredictRequest) -> Any:
     import ray
 
     if request.dataset is not None:
-        from jobs.training.data import open_dataset, read_split
+        from jobs.core.data import open_dataset, read_split
 
         split = read_split(open_dataset(request.dataset, request.split), request.split)
         return split.map_batches(dataset_rows, batch_size=None, batch_format="pyarrow")

@@ -237,7 +237,7 @@ class Outcome:
 
 def evaluate(model: ModelRef, dataset: str, split: str, batch_size: int) -> Evaluation:
     """Evaluate a version now (logged to the evaluations experiment)."""
-    from jobs.training.assess import assess
+    from jobs.core.assess import assess
 
     result = assess(model.uri, dataset, split=split, batch_size=batch_size)
     run = store.client().get_run(result.run_id)
@@ -259,7 +259,7 @@ def _evaluation(model: ModelRef, run: Any) -> Evaluation:
 
 def recorded_evaluation(model: ModelRef, split: str, dataset_sha256: str | None) -> Evaluation:
     """The newest recorded evaluation of a version on `split` (of that dataset, if given)."""
-    from jobs.training.assess import EVAL_EXPERIMENT
+    from jobs.core.assess import EVAL_EXPERIMENT
 
     filters = [
         f"tags.`model.name` = '{model.name}'",
@@ -290,7 +290,7 @@ def _evaluations(
     if request.reuse_evaluations:
         sha = None
         if request.dataset is not None:
-            from jobs.training.data import manifest_hash, open_dataset
+            from jobs.core.data import manifest_hash, open_dataset
 
             sha = manifest_hash(open_dataset(request.dataset).manifest)
         found = [recorded_evaluation(m, request.split, sha) for m in (candidate, champion) if m]

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.training.data import TRAIN_COLUMNS, StepOnRows, run_on_intact_rows
-from jobs.training.evaluation import (
+from jobs.core.data import TRAIN_COLUMNS, StepOnRows, run_on_intact_rows
+from jobs.core.evaluation import (
     EvalResult,
     evaluate_tables,
     peak_memory_mb,
     reduce_over_workers,
 )
-from jobs.training.pictures import confusion_picture, prediction_picture
+from jobs.core.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
 from jobs.training.recipes import TrainConfig, build_model
 from jobs.training.tracking import StepLog, Tracker

@@ -12,17 +12,17 @@ import pyarrow as pa
 import torch
 
 from jobs import console
-from jobs.preflight import check_against_dataset
-from jobs.store import ensure_experiment, tracking_uri
-from jobs.training.data import (
+from jobs.core.data import (
     TRAIN_COLUMNS,
     intact_rows,
     manifest_hash,
     open_dataset,
     read_split,
 )
+from jobs.core.packaging import log_and_register
+from jobs.preflight import check_against_dataset
+from jobs.store import ensure_experiment, tracking_uri
 from jobs.training.loop import STATE_FILE, train_loop_per_worker
-from jobs.training.packaging import log_and_register
 from jobs.training.progress import Event, board
 from jobs.training.recipes import TrainConfig, build_model
 from jobs.training.tracking import DatasetRef, end_run, flatten, git_commit, start_or_resume_run

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jobs.benchmarks._tradeoff import evaluated, format_table, tradeoff_row
-from jobs.training.evaluation import EvalResult
+from jobs.core.evaluation import EvalResult
 from model.interface import Batch
 from model.loss import ObjectiveConfig, count_targets
 from model.registry import create_model

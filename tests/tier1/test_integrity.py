@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.training.data import manifest_hash, run_on_intact_rows
-from jobs.training.evaluation import evaluate_tables
+from jobs.core.data import manifest_hash, run_on_intact_rows
+from jobs.core.evaluation import evaluate_tables
 from jobs.training.recipes import make_recipe
 from model.registry import create_model
 from model.step import train_step

@@ -4,6 +4,7 @@ layers (`pipelines/`, `model/`, `infra/`) import none of the project's other pac
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 FORBIDDEN = ("ray", "mlflow", "pyarrow", "s3fs")
@@ -79,19 +80,36 @@ def _jobs_imports(path: Path) -> set[str]:
     return {name for name in found if name == "jobs" or name.startswith("jobs.")}
 
 
-def test_the_store_is_a_leaf_and_training_never_imports_operations() -> None:
-    """`jobs/store.py` (the MLflow store: URI, client, experiments, registry names) imports none
-    of the project's modules, so training and operations both build on it; training writes
-    runs and registers models and never reaches into `jobs/ops/` (promotion, prediction,
-    regeneration), which may use what training ships."""
-    store = ROOT / "jobs" / "store.py"
-    assert not project_imports(store.read_text(encoding="utf-8")), "jobs/store.py must be a leaf"
+def _offenders(folder: str, forbidden: Callable[[str], bool]) -> dict[str, list[str]]:
+    """The modules under `jobs/<folder>` that import `jobs.` modules `forbidden` says no to."""
     offenders = {}
-    for path in sorted((ROOT / "jobs" / "training").glob("*.py")):
-        found = sorted(m for m in _jobs_imports(path) if m.startswith("jobs.ops"))
+    for path in sorted((ROOT / "jobs" / folder).glob("*.py")):
+        found = sorted(m for m in _jobs_imports(path) if forbidden(m))
         if found:
             offenders[str(path.relative_to(ROOT))] = found
-    assert not offenders, f"jobs/training imports jobs/ops: {offenders}"
+    return offenders
+
+
+def test_training_and_operations_meet_only_in_the_neutral_modules() -> None:
+    """`jobs/store.py` (the MLflow store: URI, client, experiments, registry names) imports none
+    of the project's modules, and `jobs/core/` (dataset reading, evaluation, pictures, the pyfunc)
+    is what training and operations share: training never reaches into `jobs/ops/`, operations
+    never into `jobs/training/`, and the core into neither, save training's configuration (how a
+    saved model is rebuilt)."""
+    store = ROOT / "jobs" / "store.py"
+    assert not project_imports(store.read_text(encoding="utf-8")), "jobs/store.py must be a leaf"
+    training = _offenders("training", lambda m: m.startswith("jobs.ops"))
+    assert not training, f"jobs/training imports jobs/ops: {training}"
+    ops = _offenders("ops", lambda m: m.startswith("jobs.training"))
+    assert not ops, f"jobs/ops imports jobs/training: {ops}"
+    core = _offenders(
+        "core",
+        lambda m: (
+            m.startswith("jobs.ops")
+            or (m.startswith("jobs.training") and m != "jobs.training.recipes")
+        ),
+    )
+    assert not core, f"jobs/core imports a side: {core}"
 
 
 def test_the_registered_model_loads_without_the_training_loop() -> None:
@@ -102,7 +120,7 @@ def test_the_registered_model_loads_without_the_training_loop() -> None:
     import sys
 
     script = (
-        "import sys, jobs.training.packaging\n"
+        "import sys, jobs.core.packaging\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('jobs.') or m == 'ray')))"
     )
     done = subprocess.run(

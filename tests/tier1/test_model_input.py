@@ -18,9 +18,8 @@ import torch
 from mlflow.models import infer_signature
 from pyfunc_support import SIDE, image_requests, save_tiny_pyfunc, solid_image
 
-from jobs.ops.prediction import Predictor, PredictRequest
-from jobs.training.data import table_to_batch
-from jobs.training.packaging import (
+from jobs.core.data import table_to_batch
+from jobs.core.packaging import (
     INPUT_COLUMNS,
     _pyfunc_arguments,
     _shipped_code_importable,
@@ -28,6 +27,7 @@ from jobs.training.packaging import (
     pack_tiles,
     unpack_tiles,
 )
+from jobs.ops.prediction import Predictor, PredictRequest
 
 FORMATS = ("raw", "png", "jpeg")
 

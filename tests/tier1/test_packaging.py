@@ -14,7 +14,7 @@ import yaml
 from mlflow.models import Model
 from pyfunc_support import image_requests, save_tiny_pyfunc
 
-from jobs.training.packaging import (
+from jobs.core.packaging import (
     NAMESPACE,
     SHIPPED_PACKAGES,
     _requirements,
@@ -55,8 +55,8 @@ def test_the_model_is_logged_as_code_with_the_project_under_one_name(saved_model
     assert flavor.get("model_code_path"), flavor
     assert not list(saved_model.rglob("python_model.pkl"))
     assert sorted(p.name for p in (saved_model / "code").iterdir()) == [NAMESPACE]
-    shipped = (saved_model / "code" / NAMESPACE / "jobs" / "training" / "packaging.py").read_text()
-    assert "from saccade.jobs.training.data import table_to_batch" in shipped
+    shipped = (saved_model / "code" / NAMESPACE / "jobs" / "core" / "packaging.py").read_text()
+    assert "from saccade.jobs.core.data import table_to_batch" in shipped
     assert "\nfrom jobs." not in shipped and "\nfrom model" not in shipped
 
 
@@ -93,7 +93,7 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} & set({list(SHIPPED_PACKAG
     )
     assert done.returncode == 0, done.stderr[-3000:]
     module_line, names_line = done.stdout.strip().splitlines()[-2:]
-    assert module_line == "saccade.jobs.training.packaging cpu"
+    assert module_line == "saccade.jobs.core.packaging cpu"
     assert names_line == "[]"
 
 
@@ -120,3 +120,16 @@ def test_the_device_the_model_loads_on() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no GPU"):
             load_device("cuda:0")
+
+
+def test_models_pickled_before_the_pyfunc_moved_find_it_at_their_path() -> None:
+    """Models registered before `jobs.core` were a pickled `SaccadePyfunc`, by the module path
+    `jobs.training.packaging`: that path still names the class."""
+    import pickle
+
+    from jobs.core.packaging import SaccadePyfunc
+
+    pickled = pickle.dumps(SaccadePyfunc(), protocol=0).replace(
+        b"jobs.core.packaging", b"jobs.training.packaging"
+    )
+    assert type(pickle.loads(pickled)) is SaccadePyfunc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jobs.training.pictures import (
+from jobs.core.pictures import (
     COLOURS,
     RIGHT,
     TRUTH,

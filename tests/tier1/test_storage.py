@@ -181,7 +181,7 @@ def test_a_damaged_latest_pointer_is_named(tmp_path: Path) -> None:
 
 
 def test_a_truncated_shard_is_named(tmp_path: Path) -> None:
-    from jobs.training.data import open_dataset
+    from jobs.core.data import open_dataset
 
     staging = Staging.create(str(tmp_path), "v0001")
     _stage_rows(staging, 3)

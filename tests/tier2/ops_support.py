@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from jobs.core.data import TRAIN_COLUMNS
+from jobs.core.packaging import log_and_register
 from jobs.store import ensure_experiment, tracking_uri
-from jobs.training.data import TRAIN_COLUMNS
-from jobs.training.packaging import log_and_register
 from jobs.training.recipes import build_model, make_recipe
 from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest
 from pipelines.storage import DatasetVersion, Staging, write_parquet

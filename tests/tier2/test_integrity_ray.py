@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.common import run_main
-from jobs.training.assess import assess
+from jobs.core.assess import assess
 from jobs.training.recipes import make_recipe
 from jobs.training.trainer import TrainRequest, train
 from pipelines.schema import IMAGE_SCHEMA

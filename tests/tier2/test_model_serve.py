@@ -24,8 +24,8 @@ from pyfunc_support import (
     wait_until_answers,
 )
 
-from jobs.training.data import table_to_batch
-from jobs.training.packaging import request_json
+from jobs.core.data import table_to_batch
+from jobs.core.packaging import request_json
 
 pytestmark = pytest.mark.tier2
 

@@ -12,8 +12,8 @@ from ops_support import register_constant_model
 from PIL import Image
 
 from jobs import predict, store
+from jobs.core.data import TRAIN_COLUMNS, table_to_batch
 from jobs.ops.prediction import PREDICTION_SCHEMA
-from jobs.training.data import TRAIN_COLUMNS, table_to_batch
 from pipelines.storage import DatasetVersion
 
 pytestmark = pytest.mark.tier2

@@ -11,11 +11,11 @@ import pytest
 from ops_support import derived_dataset, label_counts, register_constant_model
 
 from jobs import predict, promote, store
+from jobs.core.assess import assess
 from jobs.ops import promotion
 from jobs.ops.lock import LockTimeoutError, lock_name, registry_lock
 from jobs.ops.promotion import HISTORY_TAG, PromotionError, commit, history
 from jobs.store import CHAMPION, PREVIOUS_CHAMPION, ModelRef
-from jobs.training.assess import assess
 
 pytestmark = pytest.mark.tier2
 

@@ -17,7 +17,7 @@ import pytest
 import ray
 from PIL import Image
 
-from jobs.training.data import read_split
+from jobs.core.data import read_split
 from pipelines.build import BuildConfig, build_dataset
 from pipelines.codec import decode_full
 from pipelines.schema import validate_schema

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from jobs.benchmarks._tradeoff import ROW_FIELDS
-from jobs.training.assess import assess
-from jobs.training.packaging import model_frame
+from jobs.core.assess import assess
+from jobs.core.packaging import model_frame
 from jobs.training.recipes import make_recipe
 from jobs.training.trainer import TrainRequest, train
 from pipelines.storage import DatasetVersion

@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from jobs.core.data import TRAIN_COLUMNS, manifest_hash, open_dataset
+from jobs.core.evaluation import EvalResult, PeakRss, evaluate_tables
 from jobs.store import ensure_experiment, resolve, tracking_uri
-from jobs.training.data import TRAIN_COLUMNS, manifest_hash, open_dataset
-from jobs.training.evaluation import EvalResult, PeakRss, evaluate_tables
 from model.interface import BatchClassifier
 from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
 from pipelines.sources import label_counts

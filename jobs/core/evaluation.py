@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.training.data import run_on_intact_rows
+from jobs.core.data import run_on_intact_rows
 from model.interface import Batch, BatchClassifier
 from model.step import eval_step
 from pipelines.integrity import RowCheck
