@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from jobs import console
+
 # A local job's Ray dashboard starts here (the next free port if taken), not at Ray's 8265: a
 # `ray job submit` to a `ray start` head on 8265 must never reach a job's own local Ray instead.
 LOCAL_DASHBOARD_PORT = 8365
@@ -86,8 +88,6 @@ def run_main(
 ) -> None:
     """Run an entry point: user errors (ValueError, FileNotFoundError) print one clear line and
     exit 2; anything else keeps its traceback (in the log of a quiet job, whose path is shown)."""
-    from jobs import console
-
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 from jobs import store
 from jobs.common import JobParser, run_main
+from jobs.core.data import open_dataset
 from jobs.ops.prediction import PredictRequest, load_pyfunc, model_channels, predict
 from jobs.ops.services import check_object_store, check_tracking_server
 from jobs.preflight import positive_float, positive_int, prediction_demand, start_ray
-from pipelines.storage import resolve_version
+from pipelines.storage import resolve_version, url_scheme
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,7 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_out(url: str) -> None:
     """A local --out must be a file name whose folder can exist: found after all the work, an
     existing directory (or a file where its folder should be) would lose every prediction."""
-    if "://" in url:  # an object key can always be written
+    if url_scheme(url):  # an object key can always be written
         return
     path = os.path.abspath(url)
     if os.path.isdir(path):
@@ -103,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         actor_gpus=args.actor_gpus,
     )
     if dataset:
-        from jobs.core.data import open_dataset
-
         open_dataset(dataset, args.split)  # missing version, split or schema: fails before Ray
     print(f"model {args.model} -> {ref.uri}; input {dataset or args.images}", flush=True)
     start_ray(args.num_cpus, prediction_demand(args.actors, args.actor_cpus, args.actor_gpus))

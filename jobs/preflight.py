@@ -21,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobs import console
+from jobs.common import init_ray
+
 # A Ray Data read or map task asks for one whole CPU: a job whose actors or trainer workers hold
 # every CPU starves its own input and waits forever (measured on 2 cores, ENVIRONMENT.md).
 DATA_CPUS = 1.0
@@ -169,9 +172,6 @@ def start_ray(num_cpus: int | None, demand: Demand) -> None:
 
     Local: checked before Ray starts. ``RAY_ADDRESS``: checked right after joining, before any
     task or actor is submitted (a cluster's size is known only to the cluster)."""
-    from jobs import console
-    from jobs.common import init_ray
-
     clustered = bool(os.environ.get("RAY_ADDRESS"))
     if not clustered:
         check_demand(demand, local_capacity(num_cpus))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_EXPERIMENT = "saccade"
+# Where evaluations of registered models are runs (`jobs.evaluate`, promotion's gates).
+EVAL_EXPERIMENT = "saccade-evaluations"
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous-champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")

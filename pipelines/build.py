@@ -41,7 +41,16 @@ from pipelines.sources import (
     get_source,
     make_config,
 )
-from pipelines.storage import REJECTS_DIR, Staging, filesystem, join, next_version, write_parquet
+from pipelines.storage import (
+    REJECTS_DIR,
+    Staging,
+    filesystem,
+    join,
+    next_version,
+    url_scheme,
+    with_scheme,
+    write_parquet,
+)
 from pipelines.tiling import REJECT_REASON, REJECT_REF
 
 log = logging.getLogger(__name__)
@@ -212,7 +221,7 @@ def _exists(url: str) -> bool:
 
 def _staging_url(out: str, staging: Staging) -> str:
     # Workers re-resolve the filesystem from a URL: filesystems do not always pickle.
-    return staging.path if "://" not in out else f"{out.split('://')[0]}://{staging.path}"
+    return with_scheme(out, staging.path)
 
 
 @dataclass
@@ -275,7 +284,7 @@ def build_dataset(
     except BaseException:
         staging.discard()
         raise
-    url = config.out.rstrip("/") + "/" + version if "://" in config.out else final
+    url = config.out.rstrip("/") + "/" + version if url_scheme(config.out) else final
     return BuildSummary(
         url=url, version=version, rows=rows, rejects=rejects, bytes=nbytes, seconds=seconds
     )

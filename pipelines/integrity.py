@@ -21,6 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.codec import CodecError
+from pipelines.schema import SchemaError, validate_schema
+from pipelines.tiling import decode_proxy
+
 DIGEST_COLUMN = "digest"
 # The columns a digest covers, in this order: scalars first, then the stored bytes.
 SCALAR_COLUMNS = (
@@ -202,8 +206,6 @@ def _verify_file(
 
     import pyarrow.parquet as pq
 
-    from pipelines.schema import SchemaError, validate_schema
-
     name = os.path.basename(path)
     where = "/".join(path.rstrip("/").split("/")[-2:])  # split=<s>/<file>
     rows = 0
@@ -230,9 +232,9 @@ def _verify_file(
 
 def _decode_problems(table: pa.Table, check: RowCheck) -> list[tuple[int, str, str]]:
     """Rows whose digest matched but whose tiles, level tiles or proxy fail to decode."""
-    from pipelines.codec import CodecError
+    # Imported here: pipelines.region imports torch (~2 s), which a digest-only check (the
+    # build's, `verify` without --decode) never needs.
     from pipelines.region import TiledImage
-    from pipelines.tiling import decode_proxy
 
     out = []
     for index, row in enumerate(table.to_pylist()):

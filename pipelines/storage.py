@@ -56,11 +56,24 @@ class StorageError(ValueError):
     """A dataset location cannot be used as asked (missing, existing, unwritable, ...)."""
 
 
+def url_scheme(url: str) -> str | None:
+    """The object store a URL names (`s3` for ``s3://bucket/key``); None for a local path."""
+    return url.split("://", 1)[0] if "://" in url else None
+
+
+def with_scheme(url: str, path: str) -> str:
+    """`path`, as `filesystem(url)` resolved it, back in `url`'s form: ``s3://`` + path for an
+    object-store URL, the path itself for a local one (Ray's readers and workers re-resolve
+    their filesystem from it)."""
+    scheme = url_scheme(url)
+    return f"{scheme}://{path}" if scheme else path
+
+
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """Resolve a URL to (filesystem, path). Local paths are made absolute."""
-    if "://" not in url:
+    protocol = url_scheme(url)
+    if protocol is None:
         return fsspec.filesystem("file"), os.path.abspath(url)
-    protocol = url.split("://", 1)[0]
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
         # A listing cache makes a read right after a write miss new files.

@@ -196,6 +196,7 @@ def infer_stored(model: Any, rows: Sequence[dict[str, Any]], threads: int) -> tu
     model's prediction, through a fresh region reader; returns the prediction and the tiles
     decoded per image (full resolution and level). The reader and its tile cache go with the
     call, so two requests never hold two caches."""
+    # Imported here: this module serves the data benchmarks too, which never load torch.
     import torch
 
     from model.interface import Batch

@@ -24,7 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobs.benchmarks._common import infer_stored, machine, table, time_inference, worker_json
+from jobs.core.assess import load_classifier
+from jobs.core.data import open_dataset, table_to_batch
 from jobs.core.packaging import INPUT_COLUMNS
+from jobs.core.pictures import prediction_picture
+from jobs.training.tracking import git_commit
+from pipelines.region import TiledImage
+from pipelines.storage import DatasetVersion
 
 BATCHES = (1, 16)
 PICTURE_IMAGES = 8  # test images in a saccader's glimpse picture
@@ -77,9 +83,6 @@ def stored_batches(dataset: str, batch: int) -> Iterator[list[dict[str, Any]]]:
     lists of `batch` (the last one may be shorter)."""
     import pyarrow.parquet as pq
 
-    from pipelines.region import TiledImage
-    from pipelines.storage import DatasetVersion
-
     version = DatasetVersion.open(dataset)
     rows: list[dict[str, Any]] = []
     for path in version.files("test"):
@@ -111,8 +114,6 @@ def union_area(boxes_T4: Sequence[Sequence[float]]) -> float:
 
 def _load_model(model_uri: str, threads: int) -> Any:
     import torch
-
-    from jobs.core.assess import load_classifier
 
     torch.set_num_threads(threads)
     model, _ = load_classifier(model_uri)
@@ -171,10 +172,6 @@ def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Nam
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-
-    from jobs.core.data import table_to_batch
-    from jobs.core.pictures import prediction_picture
-    from pipelines.storage import DatasetVersion
 
     model = _load_model(model_uri, args.threads)
     version = DatasetVersion.open(dataset)
@@ -283,9 +280,6 @@ def tradeoff_json(
 ) -> dict[str, Any]:
     """The benchmark's JSON object: top-level ``dataset``, ``source``, ``image_size`` (of the
     first test image), ``date``, ``machine``, anything in `extra`, and the ``rows``."""
-    from jobs.core.data import open_dataset
-    from jobs.training.tracking import git_commit
-
     version = open_dataset(dataset, "test")
     first = version.read_head("test", 1, columns=["height", "width", "channels"]).to_pylist()[0]
     return {

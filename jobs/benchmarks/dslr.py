@@ -36,6 +36,8 @@ import pyarrow as pa
 from PIL import Image
 
 from jobs.benchmarks._common import goal, header, jpeg_bytes, photo_like, table, timed, write_json
+from jobs.common import init_ray
+from pipelines.build import BuildConfig, build_dataset
 from pipelines.codec import decode_full, encode_tiles
 from pipelines.dslr import INPUT_SCHEMA, DslrConfig, local_records, tile_files
 from pipelines.sc2.simulator import Sc2SimConfig, generate_sc2_sim
@@ -139,9 +141,6 @@ def two_cores(folder: str, paths: list[str], repeats: int) -> dict[str, float]:
     of other processes on the shared cores changes over seconds, and the two halves of a pair see
     the same load. Reported: the median pair ratio, and the medians of each side's images/s.
     """
-    from jobs.common import init_ray
-    from pipelines.build import BuildConfig, build_dataset
-
     init_ray(2)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset progress lines
     out = tempfile.mkdtemp(prefix="dslr-bench-out-")

@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_images(name: str, count: int, seed: int) -> list[dict[str, Any]]:
     """`count` images of kind `name` as stored rows: encoded tiles and an encoded proxy."""
+    # Imported here (and torch in the workers): the driver that spawns the workers never
+    # loads torch, which pipelines.region imports.
     from pipelines.digits import load_digits
     from pipelines.region import TiledImage
     from pipelines.synthetic import ClutteredMnistConfig, generate_cluttered, sample_rng
@@ -116,7 +118,7 @@ def make_images(name: str, count: int, seed: int) -> list[dict[str, Any]]:
 def run_worker(data_file: str, image: str, model_label: str, batch: int, args: Any) -> dict:
     import torch
 
-    from model.registry import create_model
+    from model.registry import create_model  # torch: in the worker only, as above
 
     torch.set_num_threads(args.threads)
     rows = pickle.loads(Path(data_file).read_bytes())[:batch]

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from jobs.benchmarks._common import goal, header, jpeg_bytes, photo_like, table, timed, write_json
+from pipelines.build import BuildConfig, build_dataset
 from pipelines.codec import TILE_FORMATS, decode_full, encode_tiles, tile_grid
 from pipelines.digits import load_digits, split_digits
 from pipelines.photos import (
@@ -321,8 +322,6 @@ def stage_rate(source: str, params: dict[str, Any], pools: Any, n: int) -> float
 
 
 def build_once(source: str, params: dict[str, Any], total: int, out: str) -> Any:
-    from pipelines.build import BuildConfig, build_dataset
-
     counts = {"train": total * 8 // 10, "val": total // 10}
     counts["test"] = total - sum(counts.values())
     config = BuildConfig(source=source, out=out, params=params, counts=counts, tile_size=TILE_SIZE)

@@ -24,10 +24,11 @@ import torch
 
 from jobs.benchmarks._common import goal, header, table, write_json
 from jobs.common import parse_key_values
+from jobs.core.pictures import class_name, glimpse_picture
 from jobs.training.recipes import SMALL_RESNET, TrainConfig, make_recipe
 from model.interface import Batch
 from model.registry import create_model
-from model.step import BoxCurriculum, eval_step, train_step
+from model.step import BoxCurriculum, centred_hit_rate, eval_step, hit_rate, train_step
 from pipelines.digits import load_digits, split_digits
 from pipelines.synthetic import (
     ClutteredMnistConfig,
@@ -157,8 +158,6 @@ def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, An
 
 def placement(boxes_BT4: torch.Tensor, test: Canvases) -> dict[str, Any]:
     """Hit-rates, centre spread across images and the share of centres near an edge."""
-    from model.step import centred_hit_rate, hit_rate
-
     cy_BT = (boxes_BT4[..., 0] + boxes_BT4[..., 2]) / 2
     cx_BT = (boxes_BT4[..., 1] + boxes_BT4[..., 3]) / 2
     near_edge = torch.minimum(torch.minimum(cx_BT, 1 - cx_BT), torch.minimum(cy_BT, 1 - cy_BT))
@@ -324,8 +323,6 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _picture(result: dict[str, Any], test: Canvases, path: str, names: list[str]) -> None:
-    from jobs.core.pictures import class_name, glimpse_picture
-
     batch = test.batch(slice(0, 12))
     glimpse_picture(
         batch,

@@ -61,7 +61,11 @@ from jobs.benchmarks._tradeoff import (
     tradeoff_row,
 )
 from jobs.common import JobParser, parse_key_values
+from jobs.core.data import open_dataset
+from jobs.store import client as store_client
 from jobs.training.recipes import make_recipe
+from jobs.training.tracking import RUN_NAME_TAG
+from model.registry import config_type
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -144,8 +148,6 @@ def plan_models(
 ) -> list[ModelPlan]:
     """The models in table order; unknown recipes, bad overrides and impossible model settings
     fail here, before anything runs."""
-    from model.registry import config_type
-
     if "seed" in overrides:
         raise ValueError("--set seed=... is not for this benchmark; use --seeds")
     plans = []
@@ -229,9 +231,6 @@ def train_model(plan: ModelPlan, dataset: str, args: argparse.Namespace, log: Pa
 def finished_training(run_name: str, experiment: str) -> dict[str, Any] | None:
     """The finished, registered training named `run_name`, with its figures from the run's
     per-epoch metrics; None when there is none (not started, interrupted, failed)."""
-    from jobs.store import client as store_client
-    from jobs.training.tracking import RUN_NAME_TAG
-
     client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -331,8 +330,6 @@ def _picture(plan: ModelPlan, record: dict[str, Any], args: argparse.Namespace) 
 
 def _dataset_label(dataset: str) -> str:
     """``<source>-<version>`` of a dataset version, for file names and titles."""
-    from jobs.core.data import open_dataset
-
     source = open_dataset(dataset, "test").manifest.get("source", "dataset")
     return f"{source}-{dataset.rstrip('/').rsplit('/', 1)[-1]}"
 
@@ -358,8 +355,6 @@ def _train_phase(
 
 def _also_tested(other: str, plans: Sequence[ModelPlan], state: State) -> dict[str, Any]:
     """The models' figures on another dataset: a row per model of the evaluated fields."""
-    from jobs.core.data import open_dataset
-
     rows = []
     for plan in plans:
         record = state.load(plan.key) or {}
@@ -395,8 +390,6 @@ def _tags(text: str, recipes: Sequence[str]) -> str | dict[str, str]:
 
 def check_dataset(dataset: str) -> dict[str, Any]:
     """The version's manifest; refused when it cannot fill a batch of the largest size."""
-    from jobs.core.data import open_dataset
-
     manifest = open_dataset(dataset).manifest
     test = int((manifest.get("counts") or {}).get("test", 0))
     if test < max(BATCHES):
@@ -428,8 +421,6 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
 
 def check_same_classes(manifest: Mapping[str, Any], other: str) -> None:
     """An --also-test dataset must name the classes the models were trained on, in order."""
-    from jobs.core.data import open_dataset
-
     theirs = open_dataset(other, "test").manifest
     if theirs.get("class_names") != manifest.get("class_names"):
         raise ValueError(

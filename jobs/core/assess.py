@@ -15,13 +15,11 @@ import pyarrow as pa
 
 from jobs.core.data import TRAIN_COLUMNS, manifest_hash, open_dataset
 from jobs.core.evaluation import EvalResult, PeakRss, evaluate_tables
-from jobs.store import ensure_experiment, resolve, tracking_uri
+from jobs.store import EVAL_EXPERIMENT, ensure_experiment, resolve, tracking_uri
 from model.interface import BatchClassifier
 from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
 from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion, open_parquet
-
-EVAL_EXPERIMENT = "saccade-evaluations"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from model.interface import Batch
 from pipelines.integrity import RowCheck, check_digests
 from pipelines.region import CorruptImageError, TiledImage, TileRegionReader
 from pipelines.schema import IMAGE_SCHEMA, SchemaError, validate_schema
-from pipelines.storage import DatasetVersion, open_parquet
+from pipelines.storage import DatasetVersion, open_parquet, with_scheme
 from pipelines.tiling import decode_proxy
 
 # Everything the models read; `meta` (free-form JSON) stays on disk.
@@ -67,10 +67,9 @@ def read_split(version: DatasetVersion, split: str, *, shuffle_seed: int | None 
     files = version.files(split)
     if not files:
         raise SchemaError(f"dataset {version.url} has no {split!r} split")
-    prefix = version.url.split("://")[0] + "://" if "://" in version.url else ""
     # select_columns, not read_parquet(columns=) (deprecated): Ray pushes the projection into
     # the read, so `meta` is still never read
-    paths = [prefix + f for f in files]
+    paths = [with_scheme(version.url, f) for f in files]
     shuffle = None
     if shuffle_seed is not None:
         shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)

@@ -26,10 +26,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.core.data import open_dataset, read_split, table_to_batch
 from jobs.core.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
+from jobs.core.pictures import class_name, glimpse_picture
 from jobs.store import tracking_uri
+from pipelines.inputs import list_files, read_bytes
+from pipelines.photos import (
+    decode_oriented,
+    encode_level,
+    encode_tile,
+    proxy_image,
+    tile_boxes,
+)
+from pipelines.pyramid import LEVEL_FACTOR
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import filesystem, join
+from pipelines.tiling import encode_proxy
 
 BOX = pa.struct([(k, pa.float32()) for k in ("x0", "y0", "x1", "y1")])
 # The Predictor's input: the pyfunc's columns plus identity, ground truth and errors.
@@ -97,17 +109,6 @@ def tile_image_files(
 def _tile(
     url: str, tile_size: int, tile_format: str, proxy_max_side: int, channels: int
 ) -> dict[str, Any]:
-    from pipelines.inputs import read_bytes
-    from pipelines.photos import (
-        decode_oriented,
-        encode_level,
-        encode_tile,
-        proxy_image,
-        tile_boxes,
-    )
-    from pipelines.pyramid import LEVEL_FACTOR
-    from pipelines.tiling import encode_proxy
-
     pil, _, _ = decode_oriented(read_bytes(url))
     pil = pil.convert("L" if channels == 1 else "RGB")
     width, height = pil.size
@@ -217,9 +218,6 @@ class Predictor:
 
     def _draw(self, row: pa.Table, boxes: list[Any], image_id: str, predicted: str) -> None:
         import torch
-
-        from jobs.core.data import table_to_batch
-        from jobs.core.pictures import class_name, glimpse_picture
 
         if not boxes:  # a baseline model: no glimpses to draw
             return
@@ -345,11 +343,8 @@ def _requests(request: PredictRequest) -> Any:
     import ray
 
     if request.dataset is not None:
-        from jobs.core.data import open_dataset, read_split
-
         split = read_split(open_dataset(request.dataset, request.split), request.split)
         return split.map_batches(dataset_rows, batch_size=None, batch_format="pyarrow")
-    from pipelines.inputs import list_files
 
     files = [
         {"url": url, "ref": ref, "reason": reason}

@@ -23,7 +23,7 @@ from typing import Any
 
 from jobs import store
 from jobs.ops.lock import registry_lock
-from jobs.store import CHAMPION, PREVIOUS_CHAMPION, ModelRef, ensure_experiment
+from jobs.store import CHAMPION, EVAL_EXPERIMENT, PREVIOUS_CHAMPION, ModelRef, ensure_experiment
 
 HISTORY_TAG = "saccade.champion_history"  # JSON list of champion versions, newest last
 HISTORY_LENGTH = 50  # MLflow tag values are limited to a few thousand characters
@@ -237,6 +237,8 @@ class Outcome:
 
 def evaluate(model: ModelRef, dataset: str, split: str, batch_size: int) -> Evaluation:
     """Evaluate a version now (logged to the evaluations experiment)."""
+    # Imported here: jobs.core imports torch (~2 s), which a refused or --reuse-evaluations
+    # promotion never needs.
     from jobs.core.assess import assess
 
     result = assess(model.uri, dataset, split=split, batch_size=batch_size)
@@ -259,7 +261,6 @@ def _evaluation(model: ModelRef, run: Any) -> Evaluation:
 
 def recorded_evaluation(model: ModelRef, split: str, dataset_sha256: str | None) -> Evaluation:
     """The newest recorded evaluation of a version on `split` (of that dataset, if given)."""
-    from jobs.core.assess import EVAL_EXPERIMENT
 
     filters = [
         f"tags.`model.name` = '{model.name}'",
@@ -290,6 +291,7 @@ def _evaluations(
     if request.reuse_evaluations:
         sha = None
         if request.dataset is not None:
+            # Imported here, as `evaluate` above: torch, which a rollback never needs.
             from jobs.core.data import manifest_hash, open_dataset
 
             sha = manifest_hash(open_dataset(request.dataset).manifest)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from jobs import console
+
 Event = dict[str, Any]
 POST_INTERVAL_S = 1.0  # step counts are posted at most this often
 
@@ -117,8 +119,6 @@ class EpochBar:
 def epoch_bar(desc: str, images: int, epochs: int) -> Iterator[EpochBar]:
     """A bar on the job's console over `epochs` × `images`, and a handler for `train(progress=)`
     that moves it and prints each epoch's line (indented under the phase)."""
-    from jobs import console
-
     out = console.current()
     with out.bar(desc, total=images * epochs) as bar:
         yield EpochBar(bar, lambda line: out.say(f"  {line}"), images, epochs)

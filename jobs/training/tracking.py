@@ -14,6 +14,7 @@ from typing import Any
 
 from jobs.store import client
 from jobs.training.recipes import RENAMED
+from pipelines.storage import url_scheme
 
 RUN_NAME_TAG = "saccade.run_name"
 
@@ -128,7 +129,7 @@ def _dataset_input(dataset: DatasetRef) -> Any:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils import mlflow_tags
 
-    scheme = dataset.url.split("://")[0] if "://" in dataset.url else "local"
+    scheme = url_scheme(dataset.url) or "local"
     return DatasetInput(
         Dataset(
             name="/".join(dataset.url.rstrip("/").split("/")[-2:]),  # <root name>/<version>

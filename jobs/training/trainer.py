@@ -27,7 +27,7 @@ from jobs.training.progress import Event, board
 from jobs.training.recipes import TrainConfig, build_model
 from jobs.training.tracking import DatasetRef, end_run, flatten, git_commit, start_or_resume_run
 from pipelines.sources import label_counts
-from pipelines.storage import DatasetVersion
+from pipelines.storage import DatasetVersion, url_scheme
 
 
 @dataclass(kw_only=True)
@@ -129,7 +129,7 @@ def _train_split(version: DatasetVersion, cfg: TrainConfig) -> Any:
 
 
 def _absolute(storage: str) -> str:
-    return storage if "://" in storage else os.path.abspath(storage)
+    return storage if url_scheme(storage) else os.path.abspath(storage)
 
 
 def _epoch_lines(event: Event) -> None:

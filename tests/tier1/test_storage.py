@@ -19,9 +19,12 @@ from pipelines.storage import (
     DatasetVersion,
     Staging,
     StorageError,
+    filesystem,
     list_versions,
     next_version,
     read_latest,
+    url_scheme,
+    with_scheme,
 )
 
 
@@ -192,3 +195,12 @@ def test_a_truncated_shard_is_named(tmp_path: Path) -> None:
     for read in (lambda: version.read("train"), lambda: open_dataset(version.url)):
         with pytest.raises(StorageError, match=f"shard {shard} is not a readable Parquet file"):
             read()
+
+
+def test_a_url_names_its_store_and_a_resolved_path_goes_back_to_it(tmp_path: Path) -> None:
+    """One reading of "local or object store" for every caller: a resolved path given back in
+    the URL's form, as Ray's readers and workers re-resolve it."""
+    assert url_scheme("s3://bucket/cm/v0001") == "s3" and url_scheme("data/cm") is None
+    assert with_scheme("s3://bucket/cm", "bucket/cm/v0001") == "s3://bucket/cm/v0001"
+    _, path = filesystem(str(tmp_path / "cm"))
+    assert with_scheme(str(tmp_path / "cm"), path) == path == str(tmp_path / "cm")
