@@ -159,8 +159,11 @@ def tile_encoded_image(
     proxy_max_side: int = 256,
     jpeg_quality: int = 90,
     threads: int = 1,
+    channels: int | None = None,
 ) -> TiledPhoto:
-    """Decode ``data`` once and return its tiles and proxy.
+    """Decode ``data`` once and return its tiles and proxy: the one tiling of an image file,
+    for the DSLR build and for prediction requests alike. ``channels`` (1 grey, 3 RGB) converts
+    the photo to what a model reads; None keeps the photo's own.
 
     ``threads`` > 1 encodes tiles in a thread pool. The default is 1: Pillow 13's JPEG encoder
     holds the GIL for most of its work, so on 2 cores two threads measured slower than one
@@ -172,7 +175,11 @@ def tile_encoded_image(
             f"need tile_size >= 16, proxy_max_side >= 1 and threads >= 1; got {tile_size}, "
             f"{proxy_max_side}, {threads}"
         )
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or none, got {channels}")
     pil, orientation, source_format = decode_oriented(data)
+    if channels is not None:
+        pil = pil.convert("L" if channels == 1 else "RGB")
     width, height = pil.size
     boxes = tile_boxes(height, width, tile_size)
     if threads > 1:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,17 +30,9 @@ from jobs.core.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
 from jobs.core.pictures import class_name, glimpse_picture
 from jobs.store import tracking_uri
 from pipelines.inputs import list_files, read_bytes
-from pipelines.photos import (
-    decode_oriented,
-    encode_level,
-    encode_tile,
-    proxy_image,
-    tile_boxes,
-)
-from pipelines.pyramid import LEVEL_FACTOR
+from pipelines.photos import tile_encoded_image
 from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import filesystem, join
-from pipelines.tiling import encode_proxy
 
 BOX = pa.struct([(k, pa.float32()) for k in ("x0", "y0", "x1", "y1")])
 # The Predictor's input: the pyfunc's columns plus identity, ground truth and errors.
@@ -109,25 +100,14 @@ def tile_image_files(
 def _tile(
     url: str, tile_size: int, tile_format: str, proxy_max_side: int, channels: int
 ) -> dict[str, Any]:
-    pil, _, _ = decode_oriented(read_bytes(url))
-    pil = pil.convert("L" if channels == 1 else "RGB")
-    width, height = pil.size
-    tiles = [encode_tile(pil, b, tile_format, 90) for b in tile_boxes(height, width, tile_size)]
-    proxy = np.asarray(proxy_image(pil, max_side=proxy_max_side))
-    proxy_HWC = proxy[:, :, None] if proxy.ndim == 2 else proxy
-    return {
-        "height": height,
-        "width": width,
-        "channels": channels,
-        "tile_size": tile_size,
-        "tile_format": tile_format,
-        "tiles": tiles,
-        "level_factor": LEVEL_FACTOR,
-        "level_tiles": encode_level(pil, tile_size),
-        "proxy": encode_proxy(proxy_HWC),
-        "proxy_height": proxy_HWC.shape[0],
-        "proxy_width": proxy_HWC.shape[1],
-    }
+    tiled = tile_encoded_image(
+        read_bytes(url),
+        tile_size=tile_size,
+        tile_format=tile_format,
+        proxy_max_side=proxy_max_side,
+        channels=channels,
+    )
+    return tiled.columns()
 
 
 # --- The model ------------------------------------------------------------------------------------
@@ -336,6 +316,8 @@ class PredictRequest:
         return "cuda" if self.actor_gpus > 0 else "cpu"
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.images is not None and self.tile_size < 16:
+            raise ValueError(f"--tile-size must be >= 16 (as a build's), got {self.tile_size}")
 
 
 def _requests(request: PredictRequest) -> Any:
