@@ -1,10 +1,12 @@
-"""Tier-2 fixtures: a real MLflow store and a tiny published dataset built with Ray Data."""
+"""Tier-2 fixtures: a real MLflow store, a tiny published dataset built with Ray Data and the
+tiny recipe trained on it once through Ray Train."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +40,17 @@ def tiny_dataset(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> 
         rows_per_file=16,
     )
     return build_dataset(config, progress=lambda _: None).url
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(
+    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """The tiny recipe trained once (2 epochs) and registered as `e2e-model`: the run and the
+    model that the tier-2 tests read back, restore and serve."""
+    from jobs.training.recipes import make_recipe
+    from jobs.training.trainer import TrainRequest, train
+
+    config = make_recipe("tiny_cpu", tiny_dataset, {"registered_model": "e2e-model"})
+    storage = str(tmp_path_factory.mktemp("e2e") / "ckpt")
+    return train(TrainRequest(config=config, name="e2e", storage=storage))

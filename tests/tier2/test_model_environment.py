@@ -1,11 +1,12 @@
 """Tier 2: a trained, registered model runs where only what it records is installed.
 
-The tiny recipe is trained through Ray Train and registered; its files are downloaded from the
-registry; a fresh virtualenv gets exactly the model's `requirements.txt` (pip's configured
-indexes: PyPI, and the local wheel folder for torch's CPU build) and nothing of this project.
-There, out of the repository's folder, the model loads, predicts its stored input example as
-the training environment does, and imports the project only as `saccade.*`; `mlflow models
-serve` from that virtualenv answers its stored serving example on loopback.
+The tiny recipe trained through Ray Train and registered (the session's `trained_tiny`): its
+files are downloaded from the registry; a fresh virtualenv gets exactly the model's
+`requirements.txt` (pip's configured indexes: PyPI, and the local wheel folder for torch's CPU
+build) and nothing of this project. There, out of the repository's folder, the model loads,
+predicts its stored input example as the training environment does, and imports the project
+only as `saccade.*`; `mlflow models serve` from that virtualenv answers its stored serving
+example on loopback.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 import pytest
 from pyfunc_support import free_port, wait_until_answers
 
-from jobs.training.recipes import make_recipe
-from jobs.training.trainer import TrainRequest, train
+from jobs.training.trainer import TrainOutcome
 
 pytestmark = pytest.mark.tier2
 
@@ -79,14 +79,12 @@ def _serve(venv: Path, model: Path, tmp_path: Path) -> list[dict]:
 
 
 def test_the_registered_model_restores_predicts_and_serves(
-    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+    mlflow_uri: str, trained_tiny: TrainOutcome, tmp_path: Path
 ) -> None:
     import mlflow
     from mlflow.models import Model
 
-    config = make_recipe("tiny_cpu", tiny_dataset, {"registered_model": "env-model", "epochs": "1"})
-    outcome = train(TrainRequest(config=config, name="env", storage=str(tmp_path / "ckpt")))
-    uri = f"models:/env-model/{outcome.model_version}"
+    uri = f"models:/{trained_tiny.registered_model}/{trained_tiny.model_version}"
     mlflow.set_tracking_uri(mlflow_uri)
     model = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
     requirements = (model / "requirements.txt").read_text().split()

@@ -19,7 +19,7 @@ from jobs.benchmarks._tradeoff import ROW_FIELDS
 from jobs.core.assess import assess
 from jobs.core.packaging import model_frame
 from jobs.training.recipes import make_recipe
-from jobs.training.trainer import TrainRequest, train
+from jobs.training.trainer import TrainOutcome, TrainRequest, train
 from pipelines.storage import DatasetVersion
 
 pytestmark = pytest.mark.tier2
@@ -44,11 +44,11 @@ def _request(dataset: str, tmp_path: Path, name: str, **overrides: str) -> Train
 
 
 def test_train_registers_a_model_that_loads_and_predicts(
-    ray_cluster: str, mlflow_uri: str, tiny_dataset: str, tmp_path: Path
+    mlflow_uri: str, tiny_dataset: str, trained_tiny: TrainOutcome
 ) -> None:
     import mlflow
 
-    outcome = train(_request(tiny_dataset, tmp_path, "e2e", registered_model="e2e-model"))
+    outcome = trained_tiny
     assert outcome.metrics["epoch"] == 2
     client = _client(mlflow_uri)
     run = client.get_run(outcome.run_id)
