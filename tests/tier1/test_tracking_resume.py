@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.store import ensure_experiment
+from jobs.store import client, ensure_experiment
 from jobs.training.tracking import start_or_resume_run
 
 FIRST = {
@@ -40,10 +40,8 @@ def test_the_same_training_resumes_its_run(experiment: str) -> None:
 def test_parameters_mlflow_logs_for_the_model_do_not_block_a_resume(experiment: str) -> None:
     """A logged model's `model_config` (`device`) lands among the run's parameters: it says
     nothing about what is trained."""
-    import mlflow
-
     run_id = start_or_resume_run(experiment, "m", FIRST)
-    mlflow.MlflowClient().log_param(run_id, "device", "auto")
+    client().log_param(run_id, "device", "auto")
     assert start_or_resume_run(experiment, "m", FIRST) == run_id
 
 
