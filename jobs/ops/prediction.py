@@ -309,15 +309,15 @@ class PredictRequest:
                 f"batch_size and actors must be >= 1, actor_cpus > 0 and actor_gpus >= 0, got "
                 f"{self.batch_size}, {self.actors}, {self.actor_cpus}, {self.actor_gpus}"
             )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.images is not None and self.tile_size < 16:
+            raise ValueError(f"--tile-size must be >= 16 (as a build's), got {self.tile_size}")
 
     @property
     def device(self) -> str:
         """Where each actor's model runs: the GPU Ray gives it, if it asks for one."""
         return "cuda" if self.actor_gpus > 0 else "cpu"
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.images is not None and self.tile_size < 16:
-            raise ValueError(f"--tile-size must be >= 16 (as a build's), got {self.tile_size}")
 
 
 def _requests(request: PredictRequest) -> Any:

@@ -140,3 +140,11 @@ def test_prediction_actors_load_the_model_on_the_device_they_are_given(
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="asked to load on cuda, but torch sees no GPU"):
             Predictor(model_uri=str(models["full"]), tracking_uri="file:///unused", device="cuda")
+
+
+def test_a_prediction_request_refuses_settings_no_model_reads() -> None:
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        PredictRequest(model_uri="m", out="o", images="i", channels=2)
+    with pytest.raises(ValueError, match=r"--tile-size must be >= 16 .* got 8"):
+        PredictRequest(model_uri="m", out="o", images="i", tile_size=8)
+    PredictRequest(model_uri="m", out="o", dataset="d", tile_size=8)  # unused for stored rows
