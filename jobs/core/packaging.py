@@ -316,16 +316,24 @@ def _shipped_code_importable(directory: str) -> Iterator[None]:
             del sys.modules[name]
 
 
-def save_pyfunc(state: dict[str, Any], example: pa.Table, path: str) -> None:
-    """Write the pyfunc to the local folder `path` (what `log_and_register` logs)."""
-    import mlflow
-
+@contextlib.contextmanager
+def _staged(state: dict[str, Any], example: pa.Table) -> Iterator[dict[str, Any]]:
+    """The pyfunc's arguments over a scratch folder (the state, the code file, the shipped
+    code), that code importable while MLflow saves or logs them."""
     with tempfile.TemporaryDirectory() as directory:
         state_path = os.path.join(directory, "state.pt")
         torch.save(state, state_path)
         arguments = _pyfunc_arguments(state_path, example, directory)
         with _shipped_code_importable(directory):
-            mlflow.pyfunc.save_model(path, **arguments)
+            yield arguments
+
+
+def save_pyfunc(state: dict[str, Any], example: pa.Table, path: str) -> None:
+    """Write the pyfunc to the local folder `path` (what `log_and_register` logs)."""
+    import mlflow
+
+    with _staged(state, example) as arguments:
+        mlflow.pyfunc.save_model(path, **arguments)
 
 
 def log_and_register(
@@ -342,15 +350,11 @@ def log_and_register(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "state.pt")
-        torch.save(state, path)
-        arguments = _pyfunc_arguments(path, example, directory)
-        with mlflow.start_run(run_id=run_id), _shipped_code_importable(directory):
-            info = mlflow.pyfunc.log_model(
-                name="model", registered_model_name=registered_model, **arguments
-            )
-            linked = {k.replace("/", "_"): v for k, v in validation.items() if k.startswith("val/")}
-            if linked:
-                mlflow.log_metrics(linked, step=int(state.get("epoch", 0)), model_id=info.model_id)
+    with _staged(state, example) as arguments, mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", registered_model_name=registered_model, **arguments
+        )
+        linked = {k.replace("/", "_"): v for k, v in validation.items() if k.startswith("val/")}
+        if linked:
+            mlflow.log_metrics(linked, step=int(state.get("epoch", 0)), model_id=info.model_id)
     return str(info.registered_model_version)

@@ -646,7 +646,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "sc2_cpu_proxy_only": _baseline(
         "proxy_only", sc2_cpu, {**SMALL_RESNET, "proxy_size": 128}, epochs=12
     ),
-    # 5×5 patches of 500 px, ~0.9 images/s on two workers: three epochs of 850 images took
+    # 5×5 patches of 500 px, ~0.84 images/s on two workers: three epochs of 850 images took
     # 3,049 s, near the saccader's 3,633 s, with a validation curve (BENCHMARKS.md,
     # "StarCraft II")
     "sc2_cpu_patches": _patches_500(sc2_cpu, train_images=850, epochs=3),
