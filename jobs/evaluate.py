@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _rows(args: argparse.Namespace) -> int | None:
     """The split's rows from the manifest (the bar's total), if the dataset can be opened."""
     try:
-        counts = open_dataset(args.dataset, args.split).manifest.get("counts") or {}
+        counts = open_dataset(args.dataset, args.split).manifest.counts
     except (ValueError, FileNotFoundError):
         return None  # assess names the problem
     return counts.get(args.split)

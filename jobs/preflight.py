@@ -19,10 +19,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs import console
 from jobs.common import init_ray
+
+if TYPE_CHECKING:  # the recipes import torch; preflight runs before anything heavy
+    from jobs.training.recipes import DataSpec
 
 # A Ray Data read or map task asks for one whole CPU: a job whose actors or trainer workers hold
 # every CPU starves its own input and waits forever (measured on 2 cores, ENVIRONMENT.md).
@@ -182,13 +185,13 @@ def start_ray(num_cpus: int | None, demand: Demand) -> None:
         check_demand(demand, cluster_capacity())
 
 
-def check_against_dataset(model_cfg: Mapping[str, Any], data: Mapping[str, Any], url: str) -> None:
+def check_against_dataset(model_cfg: Mapping[str, Any], data: DataSpec, url: str) -> None:
     """Model settings that the dataset fixes (its class count, its images' channels) may be
     given only with the dataset's own value."""
     fixed = {
-        "num_classes": (data["num_classes"], "classes in its manifest"),
-        "in_channels": (data["channels"], "channels in its images"),
-        "proxy_channels": (data["channels"], "channels in its proxies"),
+        "num_classes": (data.num_classes, "classes in its manifest"),
+        "in_channels": (data.channels, "channels in its images"),
+        "proxy_channels": (data.channels, "channels in its proxies"),
     }
     for key, (expected, what) in fixed.items():
         value = model_cfg.get(key)

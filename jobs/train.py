@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demand = training_demand(config.num_workers, config.cpus_per_worker, config.use_gpu)
     console.start("train", verbose=args.verbose)
     start_ray(args.num_cpus, demand)
-    images = config.images_per_epoch(int(version.manifest["counts"]["train"]))
+    images = config.images_per_epoch(version.manifest.counts["train"])
     with epoch_bar(f"train {name}", images, config.epochs) as progress:
         outcome = train(request, progress=progress)
     console.current().say(outcome.format())

@@ -1,13 +1,14 @@
 """Build a dataset version with Ray Data: inputs → staging rows → Parquet shards → publish.
 
-Three compositions, one entry (``build_dataset``) and one tail (``write_shard``, the
+One entry (``build_dataset``), one plan per kind of source, and one tail (``write_shard``, the
 "in = rows + rejects" check, the manifest, the atomic publish):
-- generated sources: global indices → ``generate_rows``;
-- ``dslr``: listing (driver) → ``hash_files`` → ``mark_duplicates`` (driver) → ``tile_files``;
-- ``sc2_replays``: listing (driver) → ``parse_replays`` (one task per replay, materialised: the
-  number of scenes is only known after parsing, and it is the "in" of the check) →
-  ``render_scenes``.
-The stages are plain functions on a batch; Ray only composes them here, so each stage is tested on
+- generated sources: global indices → ``generate_rows`` (``_generated``, here);
+- file sources carry their own plan (``pipelines.sources.FileSource.plan``): ``dslr``'s
+  ``plan_photos`` (listing → ``hash_files`` → ``mark_duplicates`` → ``tile_files``) and
+  ``sc2_replays``'s ``plan_replays`` (listing → ``parse_replays``, one task per replay,
+  materialised: the number of scenes is only known after parsing, and it is the "in" of the
+  check → ``render_scenes``).
+The stages are plain functions on a batch; Ray only composes them, so each stage is tested on
 literal data without a cluster.
 """
 
@@ -32,8 +33,7 @@ import pyarrow.parquet as pq
 from pipelines import dslr
 from pipelines.digits import load_digits, split_digits
 from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest, with_digests
-from pipelines.sc2 import replays
-from pipelines.schema import IMAGE_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, SPLITS
+from pipelines.schema import IMAGE_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, SPLITS, Manifest
 from pipelines.sources import (
     SyntheticSource,
     digits_fingerprint,
@@ -41,6 +41,7 @@ from pipelines.sources import (
     get_source,
     make_config,
 )
+from pipelines.staging import StagingPlan
 from pipelines.storage import (
     REJECTS_DIR,
     Staging,
@@ -224,18 +225,6 @@ def _staging_url(out: str, staging: Staging) -> str:
     return with_scheme(out, staging.path)
 
 
-@dataclass
-class _Plan:
-    """A source's staging rows as a (lazy) Ray dataset, and what the manifest says of its inputs."""
-
-    ds: Any  # ray.data.Dataset of STAGING_SCHEMA rows
-    total: int  # records in: the build checks rows + rejects == total
-    splits: list[str]  # splits in output order
-    class_names: list[str]
-    inputs: dict[str, Any]  # input description, hashed into the manifest's input_hash
-    class_parts: tuple[tuple[int, ...], ...] = ()  # per class, its object classes (if any)
-
-
 def build_dataset(
     config: BuildConfig,
     *,
@@ -256,7 +245,7 @@ def build_dataset(
         if isinstance(source, SyntheticSource):
             plan = _generated(config, source, source_config, tile_format)
         else:
-            plan = FILE_PLANS[source.name](config, source_config, tile_format, say)
+            plan = source.plan(config, source_config, tile_format, say)
         ds = plan.ds.map_batches(
             write_shard,
             batch_size=None,
@@ -276,23 +265,20 @@ def build_dataset(
             raise EmptyBuildError(_nothing_to_publish(plan.total, staging))
         if not isinstance(source, SyntheticSource):  # file sources: splits that received rows
             rows = {s: n for s, n in rows.items() if n > 0}
-        manifest = _manifest(
-            config, source_config, tile_format, version, plan, rows, rejects, nbytes, seconds
+        url = config.out.rstrip("/") + "/" + version
+        summary = BuildSummary(url, version, rows, rejects, nbytes, seconds)
+        final = staging.publish(
+            _manifest(config, source_config, tile_format, plan, summary, summary_rows)
         )
-        manifest["data_digests"] = _data_digests(summary_rows)
-        final = staging.publish(manifest)
     except BaseException:
         staging.discard()
         raise
-    url = config.out.rstrip("/") + "/" + version if url_scheme(config.out) else final
-    return BuildSummary(
-        url=url, version=version, rows=rows, rejects=rejects, bytes=nbytes, seconds=seconds
-    )
+    return summary if url_scheme(config.out) else dataclasses.replace(summary, url=final)
 
 
 def _generated(
     config: BuildConfig, source: SyntheticSource, source_config: Any, tile_format: str
-) -> _Plan:
+) -> StagingPlan:
     """Indices → generated rows."""
     import ray  # only the composition needs Ray; the stages do not
 
@@ -319,7 +305,7 @@ def _generated(
             "tile_format": tile_format,
         },
     )
-    return _Plan(
+    return StagingPlan(
         ds,
         total,
         list(counts),
@@ -327,76 +313,6 @@ def _generated(
         inputs,
         source.class_parts(source_config),
     )
-
-
-def _dslr(
-    config: BuildConfig, cfg: dslr.DslrConfig, tile_format: str, say: Callable[[str], None]
-) -> _Plan:
-    """Listing → hash the possible duplicates (Ray) → duplicates (driver) → tile (Ray)."""
-    import ray
-
-    items, class_names = dslr.list_photos(cfg)
-    to_hash, rest = dslr.hash_candidates(items)
-    say(f"[build] {len(items)} input files, {len(class_names)} classes, {len(to_hash)} to hash")
-    blocks = max(1, math.ceil(len(items) / config.rows_per_file))
-    if to_hash:  # only files that may be duplicates: same size, or size unknown
-        hashed = ray.data.from_items(
-            to_hash, override_num_blocks=max(1, math.ceil(len(to_hash) / config.rows_per_file))
-        ).map_batches(dslr.hash_files, batch_size=None, batch_format="pyarrow")
-        to_hash = hashed.take_all()
-    records = dslr.in_mixed_order(dslr.mark_duplicates(rest + to_hash))
-    ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-        dslr.tile_files,
-        batch_size=None,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "params": dataclasses.asdict(cfg),
-            "tile_size": config.tile_size,
-            "tile_format": tile_format,
-        },
-    )
-    inputs = {"files": len(records), "sha256": dslr.inputs_fingerprint(records)}
-    return _Plan(ds, len(records), list(SPLITS), class_names, inputs)
-
-
-def _sc2_replays(
-    config: BuildConfig, cfg: replays.Sc2ReplayConfig, tile_format: str, say: Callable[[str], None]
-) -> _Plan:
-    """Listing → parse (Ray, one task per replay) → render (Ray)."""
-    import ray
-
-    items = replays.list_replays(cfg)
-    params = dataclasses.asdict(cfg)
-    scenes = (
-        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        .map_batches(
-            replays.parse_replays,
-            batch_size=None,
-            batch_format="pyarrow",
-            fn_kwargs={"params": params},
-        )
-        .materialize()
-    )
-    total = scenes.count()
-    say(f"[build] {len(items)} replay files, {total} scenes")
-    # a replay's scenes are consecutive and alike: written in that order, training batches (read
-    # nearly in file order) would hold a few replays each (`dslr.in_mixed_order`, the same trap)
-    ds = scenes.random_shuffle(seed=0).map_batches(
-        replays.render_scenes,
-        batch_size=config.rows_per_file,
-        batch_format="pyarrow",
-        fn_kwargs={"params": params, "tile_size": config.tile_size, "tile_format": tile_format},
-    )
-    inputs = {"replays": len(items), "scenes": total}
-    return _Plan(ds, total, list(SPLITS), replays.replay_class_names(), inputs)
-
-
-# How each file source's records become staging rows (`FileSource`, pipelines.sources): its
-# listing, Ray stages and input description. A new file source registers here.
-FILE_PLANS: dict[str, Callable[[BuildConfig, Any, str, Callable[[str], None]], _Plan]] = {
-    "dslr": _dslr,
-    "sc2_replays": _sc2_replays,
-}
 
 
 def _collect(
@@ -460,35 +376,29 @@ def _manifest(
     config: BuildConfig,
     source_config: Any,
     tile_format: str,
-    version: str,
-    plan: _Plan,
-    rows: dict[str, int],
-    rejects: int,
-    nbytes: int,
-    seconds: float,
-) -> dict[str, Any]:
-    params = dataclasses.asdict(source_config)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "version": version,
-        "source": config.source,
-        "class_names": plan.class_names,
-        "num_classes": len(plan.class_names),
-        "label_kind": get_source(config.source).label_kind,
-        "counts": rows,
-        "rejects": rejects,
-        "bytes": nbytes,
-        "tile_size": config.tile_size,
-        "tile_format": tile_format,
-        "seed": config.seed,
-        "params": params,
-        "inputs": plan.inputs,
-        "input_hash": input_hash(config, source_config, tile_format, plan.inputs),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "build_seconds": round(seconds, 3),
-    }
-    if plan.class_parts:
-        manifest["class_parts"] = [list(parts) for parts in plan.class_parts]
-    if "digits" in plan.inputs:  # kept at the top level, where readers found it before
-        manifest["digits"] = plan.inputs["digits"]
-    return manifest
+    plan: StagingPlan,
+    summary: BuildSummary,
+    summary_rows: list[dict],
+) -> Manifest:
+    """The version's manifest: the build's settings, what its plan said of the inputs, and what
+    was written (`summary`, and each file's digest in `summary_rows`)."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        version=summary.version,
+        source=config.source,
+        class_names=plan.class_names,
+        label_kind=get_source(config.source).label_kind,
+        counts=summary.rows,
+        rejects=summary.rejects,
+        bytes=summary.bytes,
+        tile_size=config.tile_size,
+        tile_format=tile_format,
+        seed=config.seed,
+        params=dataclasses.asdict(source_config),
+        inputs=plan.inputs,
+        input_hash=input_hash(config, source_config, tile_format, plan.inputs),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        build_seconds=round(summary.seconds, 3),
+        class_parts=[list(parts) for parts in plan.class_parts] if plan.class_parts else None,
+        data_digests=_data_digests(summary_rows),
+    )

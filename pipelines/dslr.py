@@ -49,14 +49,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import math
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,10 +73,13 @@ from pipelines.inputs import (
     read_bytes,
     resolve,
 )
-from pipelines.schema import SPLITS
-from pipelines.staging import staging_table
+from pipelines.schema import SPLITS, make_row
+from pipelines.staging import StagingPlan, staging_table
 from pipelines.storage import filesystem
-from pipelines.tiling import REJECT_REASON, REJECT_REF, reject_row
+from pipelines.tiling import reject_row
+
+if TYPE_CHECKING:  # the build composes this module's stages; nothing of it runs here
+    from pipelines.build import BuildConfig
 
 SOURCE = "dslr"
 # Modes that tile_encoded_image would keep grey or clip (16/32-bit): converted here to 8-bit RGB.
@@ -444,18 +449,18 @@ def photo_row(
         "mode": mode,
         "exif_orientation": photo.exif_orientation if orientation is None else orientation,
     }
-    return {
-        "image_id": f"dslr-{item['sha256'][:24]}",
-        "split": item["split"],
-        "source": SOURCE,
-        "label": item["label"],
-        "label_name": item["label_name"],
-        **photo.columns(),
-        "boxes": _boxes(item),
-        "meta": json.dumps(meta, sort_keys=True),
-        REJECT_REASON: None,
-        REJECT_REF: None,
-    }
+    return make_row(
+        {
+            "image_id": f"dslr-{item['sha256'][:24]}",
+            "split": item["split"],
+            "source": SOURCE,
+            "label": item["label"],
+            "label_name": item["label_name"],
+            **photo.columns(),
+            "boxes": _boxes(item),
+            "meta": meta,
+        }
+    )
 
 
 def _boxes(item: dict[str, Any]) -> list[dict[str, float | int]]:
@@ -522,3 +527,34 @@ def _pillow_guard_off() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def plan_photos(
+    config: BuildConfig, cfg: DslrConfig, tile_format: str, say: Callable[[str], None]
+) -> StagingPlan:
+    """The build's plan for a photo folder: listing → hash the possible duplicates (Ray) →
+    duplicates (driver) → tile (Ray)."""
+    import ray
+
+    items, class_names = list_photos(cfg)
+    to_hash, rest = hash_candidates(items)
+    say(f"[build] {len(items)} input files, {len(class_names)} classes, {len(to_hash)} to hash")
+    blocks = max(1, math.ceil(len(items) / config.rows_per_file))
+    if to_hash:  # only files that may be duplicates: same size, or size unknown
+        hashed = ray.data.from_items(
+            to_hash, override_num_blocks=max(1, math.ceil(len(to_hash) / config.rows_per_file))
+        ).map_batches(hash_files, batch_size=None, batch_format="pyarrow")
+        to_hash = hashed.take_all()
+    records = in_mixed_order(mark_duplicates(rest + to_hash))
+    ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
+        tile_files,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "params": dataclasses.asdict(cfg),
+            "tile_size": config.tile_size,
+            "tile_format": tile_format,
+        },
+    )
+    inputs = {"files": len(records), "sha256": inputs_fingerprint(records)}
+    return StagingPlan(ds, len(records), list(SPLITS), class_names, inputs)

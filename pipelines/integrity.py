@@ -130,16 +130,6 @@ class SplitDigest:
         return split_digest({name: digest_of(rows) for name, rows in self._files.items()})
 
 
-def observed_manifest(manifest: Mapping[str, Any], observed: Mapping[str, str]) -> dict[str, Any]:
-    """The manifest as the data read says it should be: `data_digests` of the splits read
-    replaced by their digests recomputed from the rows. Equal to `manifest` for an intact copy;
-    a copy whose bytes changed gets another manifest, hence another manifest hash."""
-    recorded = dict(manifest.get("data_digests") or {})
-    if not recorded:  # a version without data digests: nothing to compare against
-        return dict(manifest)
-    return {**manifest, "data_digests": {**recorded, **observed}}
-
-
 @dataclass
 class VerifyReport:
     """What `verify_version` found: every problem names its file and, where there is one, its
@@ -169,8 +159,8 @@ def verify_version(version: Any, *, decode: bool = False, batch_size: int = 64) 
     digest against its bytes (and, with `decode`, that every tile and the proxy decode), each
     split's row count and data digest against the manifest."""
     report = VerifyReport(url=version.url)
-    recorded = version.manifest.get("data_digests") or {}
-    counts = version.manifest.get("counts") or {}
+    recorded = version.manifest.data_digests or {}
+    counts = version.manifest.counts
     for split in ("train", "val", "test"):
         files = version.files(split)
         if not files and not counts.get(split):

@@ -23,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.digits import DigitSet
-from pipelines.dslr import DslrConfig
-from pipelines.sc2.replays import Sc2ReplayConfig
+from pipelines.dslr import DslrConfig, plan_photos
+from pipelines.sc2.replays import Sc2ReplayConfig, plan_replays
 from pipelines.sc2.simulator import Sc2SimConfig, generate_sc2_sim, sim_class_names
+from pipelines.schema import CLASS_LABEL, COUNT_LABEL
 from pipelines.staging import STAGING_SCHEMA as STAGING_SCHEMA  # re-exported: it lived here
-from pipelines.staging import staging_table
+from pipelines.staging import StagingPlan, staging_table
 from pipelines.street_signs import (
     StreetSignsConfig,
     generate_street_sign,
@@ -45,27 +46,6 @@ from pipelines.synthetic import (
     sample_rng,
 )
 from pipelines.tiling import image_row, reject_row
-
-# What a label is, as the manifest's ``label_kind`` says: a class, or a count whose class names are
-# the counts themselves ("0", "1", ...), so that evaluation can also score how far off a predicted
-# count is (mean absolute error, share within one). A manifest without the field holds classes.
-CLASS_LABEL, COUNT_LABEL = "class", "count"
-LABEL_KINDS = (CLASS_LABEL, COUNT_LABEL)
-
-
-def label_counts(manifest: Mapping[str, Any]) -> list[int] | None:
-    """For a count label, what each class counts (its name read as a number); None for classes."""
-    kind = manifest.get("label_kind", CLASS_LABEL)
-    if kind not in LABEL_KINDS:
-        raise ValueError(f"manifest label_kind {kind!r} is not one of {list(LABEL_KINDS)}")
-    if kind == CLASS_LABEL:
-        return None
-    try:
-        return [int(name) for name in manifest["class_names"]]
-    except ValueError:
-        raise ValueError(
-            f"a count label needs numeric class names, got {manifest['class_names'][:5]}..."
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -94,11 +74,14 @@ class SyntheticSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """A source whose inputs are files listed from ``config.input``; pipelines.build composes it."""
+    """A source whose inputs are files listed from ``config.input``. Its `plan` turns them into
+    staging rows (its listing, Ray stages and input description); pipelines.build runs it."""
 
     name: str
     config_cls: type
     tile_format: str
+    # (BuildConfig, source config, tile format, say) -> pipelines.staging.StagingPlan
+    plan: Callable[..., StagingPlan]
     label_kind: str = CLASS_LABEL  # the manifest's ``label_kind`` (see LABEL_KINDS)
 
 
@@ -137,9 +120,13 @@ SYNTHETIC_SOURCES: dict[str, SyntheticSource] = {
 }
 
 FILE_SOURCES: dict[str, FileSource] = {
-    "dslr": FileSource(name="dslr", config_cls=DslrConfig, tile_format="jpeg"),
+    "dslr": FileSource(name="dslr", config_cls=DslrConfig, tile_format="jpeg", plan=plan_photos),
     "sc2_replays": FileSource(
-        name="sc2_replays", config_cls=Sc2ReplayConfig, tile_format="png", label_kind=COUNT_LABEL
+        name="sc2_replays",
+        config_cls=Sc2ReplayConfig,
+        tile_format="png",
+        plan=plan_replays,
+        label_kind=COUNT_LABEL,
     ),
 }
 

@@ -7,6 +7,7 @@ A staging row is a schema-v2 row (``pipelines.tiling.image_row``) or a reject
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +21,20 @@ STAGING_SCHEMA = (
     .append(pa.field(REJECT_REASON, pa.string()))
     .append(pa.field(REJECT_REF, pa.string()))
 )
+
+
+@dataclass
+class StagingPlan:
+    """A source's staging rows as a (lazy) Ray dataset, and what the manifest says of its inputs.
+    A generated source's plan is `pipelines.build`'s; a file source carries its own
+    (`pipelines.sources.FileSource.plan`)."""
+
+    ds: Any  # ray.data.Dataset of STAGING_SCHEMA rows
+    total: int  # records in: the build checks rows + rejects == total
+    splits: list[str]  # splits in output order
+    class_names: list[str]
+    inputs: dict[str, Any]  # input description, hashed into the manifest's input_hash
+    class_parts: tuple[tuple[int, ...], ...] = ()  # per class, its object classes (if any)
 
 
 def staging_table(rows: Sequence[dict[str, Any]]) -> pa.Table:

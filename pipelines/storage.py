@@ -38,6 +38,7 @@ from pipelines.schema import (
     REJECT_SCHEMA,
     SCHEMA_VERSION,
     SPLITS,
+    Manifest,
     SchemaError,
     validate_schema,
 )
@@ -211,7 +212,7 @@ class Staging:
             raise StorageError(f"cannot write under {root_url}: {exc}") from exc
         return cls(fs=fs, root=root, version=version, path=path)
 
-    def publish(self, manifest: dict[str, Any]) -> str:
+    def publish(self, manifest: Manifest) -> str:
         """Move the staged files into place, then write the manifest last; returns its path."""
         final = join(self.root, self.version)
         if self.fs.exists(final):
@@ -224,7 +225,7 @@ class Staging:
             for src in self.fs.find(self.path):
                 self.fs.copy(src, join(final, posixpath.relpath(src, self.path)))
             self.fs.rm(self.path, recursive=True)
-        write_json(self.fs, join(final, MANIFEST), manifest)
+        write_json(self.fs, join(final, MANIFEST), manifest.to_json())
         return final
 
     def discard(self) -> None:
@@ -349,7 +350,7 @@ class DatasetVersion:
     url: str
     fs: AbstractFileSystem
     path: str
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, url: str) -> DatasetVersion:
@@ -361,18 +362,19 @@ class DatasetVersion:
                 f"no published dataset version at {url} (no {MANIFEST}); "
                 "build one with `python -m jobs.build_dataset`"
             )
-        manifest = _read_json(fs, manifest_path, f"{url.rstrip('/')}/{MANIFEST}")
-        if not isinstance(manifest, dict):
+        where = f"{url.rstrip('/')}/{MANIFEST}"
+        values = _read_json(fs, manifest_path, where)
+        if not isinstance(values, dict):
             raise StorageError(
-                f"{url.rstrip('/')}/{MANIFEST} is not a manifest (a JSON object): "
-                f"{type(manifest).__name__}; rebuild the version"
+                f"{where} is not a manifest (a JSON object): "
+                f"{type(values).__name__}; rebuild the version"
             )
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        if values.get("schema_version") != SCHEMA_VERSION:
             raise SchemaError(
-                f"dataset {url} has schema version {manifest.get('schema_version')}; "
+                f"dataset {url} has schema version {values.get('schema_version')}; "
                 f"this code reads version {SCHEMA_VERSION}: rebuild it with this code"
             )
-        return cls(url=url, fs=fs, path=path, manifest=manifest)
+        return cls(url=url, fs=fs, path=path, manifest=Manifest.from_json(values, where))
 
     def files(self, split: str) -> list[str]:
         """Parquet files of one split (sorted, so reads are deterministic)."""

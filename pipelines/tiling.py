@@ -1,13 +1,13 @@
-"""From an in-memory image to a schema-v2 row: tiles, proxy and ground truth.
+"""From an in-memory image to a schema row: tiles, proxy and ground truth.
 
-Every source (synthetic generators, photo folders, StarCraft II renders) ends in ``image_row``, so
-the contract is produced in exactly one place. Unusable records become ``reject_row``s instead.
+Generated and rendered images end in ``image_row``, photos in ``pipelines.dslr.photo_row``; both
+build the row through ``pipelines.schema.make_row``, so the contract is produced in exactly one
+place. Unusable records become ``reject_row``s instead.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipelines.codec import encode_tiles
 from pipelines.pyramid import LEVEL_FACTOR, LEVEL_FORMAT, pool_array
+from pipelines.schema import make_row
 
 Box = tuple[float, float, float, float, int]  # x0, y0, x1, y1 in [0, 1] image coordinates; class
 
@@ -79,30 +80,44 @@ def image_row(
     tile_format: str,
     jpeg_quality: int = 90,
 ) -> dict[str, Any]:
-    """A schema-v2 row for one image (``image`` and ``proxy`` are uint8 (H, W, C))."""
-    height, width, channels = image.shape
+    """A schema row for one image (``image`` and ``proxy`` are uint8 (H, W, C)), through the
+    contract's row builder (`pipelines.schema.make_row`)."""
+    return make_row(
+        {
+            "image_id": image_id,
+            "split": split,
+            "source": source,
+            "label": int(label),
+            "label_name": label_name,
+            **image_columns(
+                image, proxy, tile_size=tile_size, tile_format=tile_format, quality=jpeg_quality
+            ),
+            "boxes": box_dicts(boxes),
+            "meta": meta,
+        }
+    )
+
+
+def image_columns(
+    image_HWC: np.ndarray, proxy_HWC: np.ndarray, *, tile_size: int, tile_format: str, quality: int
+) -> dict[str, Any]:
+    """The model-input columns (`pipelines.schema.MODEL_INPUT_COLUMNS`) of an in-memory image:
+    its tiles, pooled level and proxy (photos: `pipelines.photos.TiledPhoto.columns`)."""
+    height, width, channels = image_HWC.shape
+    tiles = encode_tiles(
+        image_HWC, tile_size=tile_size, tile_format=tile_format, jpeg_quality=quality
+    )
     return {
-        "image_id": image_id,
-        "split": split,
-        "source": source,
-        "label": int(label),
-        "label_name": label_name,
         "height": height,
         "width": width,
         "channels": channels,
         "tile_size": tile_size,
         "tile_format": tile_format,
-        "tiles": encode_tiles(
-            image, tile_size=tile_size, tile_format=tile_format, jpeg_quality=jpeg_quality
-        ),
-        **level_columns(image, tile_size=tile_size),
-        "proxy": encode_proxy(proxy),
-        "proxy_height": proxy.shape[0],
-        "proxy_width": proxy.shape[1],
-        "boxes": box_dicts(boxes),
-        "meta": json.dumps(meta, sort_keys=True),
-        REJECT_REASON: None,
-        REJECT_REF: None,
+        "tiles": tiles,
+        **level_columns(image_HWC, tile_size=tile_size),
+        "proxy": encode_proxy(proxy_HWC),
+        "proxy_height": proxy_HWC.shape[0],
+        "proxy_width": proxy_HWC.shape[1],
     }
 
 

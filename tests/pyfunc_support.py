@@ -23,7 +23,7 @@ from PIL import Image
 
 from jobs.core.packaging import save_pyfunc
 from jobs.ops.prediction import tile_image_files
-from jobs.training.recipes import build_model, make_recipe
+from jobs.training.recipes import DataSpec, build_model, make_recipe
 
 SIDE = 64  # image side, px
 TILE = 16  # full-resolution tile side: 16 tiles per image; the ×8 level is one 8×8 tile
@@ -38,10 +38,10 @@ def save_tiny_pyfunc(path: Path, *, reads: str, example: pa.Table, channels: int
         "model_cfg.max_image_fraction": "1.0",
     }
     config = make_recipe("tiny_cpu", "unused", overrides)
-    data = {"num_classes": 3, "class_names": ["a", "b", "c"], "channels": channels}
+    data = DataSpec(num_classes=3, class_names=["a", "b", "c"], channels=channels)
     torch.manual_seed(0)
     model = build_model(config, data)
-    state = {"model": model.state_dict(), "train": config.to_dict(), "data": data}
+    state = {"model": model.state_dict(), "train": config.to_dict(), "data": data.to_dict()}
     save_pyfunc(state, example, str(path))
 
 

@@ -26,16 +26,16 @@ from typing import Any
 from jobs.benchmarks._common import infer_stored, machine, table, time_inference, worker_json
 from jobs.core.assess import load_classifier
 from jobs.core.data import open_dataset, table_to_batch
-from jobs.core.packaging import INPUT_COLUMNS
 from jobs.core.pictures import prediction_picture
 from jobs.training.tracking import git_commit
 from pipelines.region import TiledImage
+from pipelines.schema import MODEL_INPUT_COLUMNS
 from pipelines.storage import DatasetVersion
 
 BATCHES = (1, 16)
 PICTURE_IMAGES = 8  # test images in a saccader's glimpse picture
 # What a request carries, less the proxy's size (the proxy is decoded whole)
-STORED_COLUMNS = [c for c in INPUT_COLUMNS if c not in ("proxy_height", "proxy_width")]
+STORED_COLUMNS = [c for c in MODEL_INPUT_COLUMNS if c not in ("proxy_height", "proxy_width")]
 # What each model class is in the table (model.config's classes by name).
 KINDS = {
     "SaccaderConfig": "saccader",
@@ -183,7 +183,7 @@ def picture_worker(model_uri: str, dataset: str, images: int, args: argparse.Nam
         prediction = model.predict(batch)
     if prediction.boxes_BT4 is None:
         raise ValueError(f"{model_uri} has no glimpses to draw")
-    names = version.manifest.get("class_names")
+    names = version.manifest.class_names
     prediction_picture(batch, prediction, names, args.title).save(args.out)
     return {"picture": args.out}
 
@@ -284,7 +284,7 @@ def tradeoff_json(
     first = version.read_head("test", 1, columns=["height", "width", "channels"]).to_pylist()[0]
     return {
         "dataset": dataset,
-        "source": version.manifest.get("source"),
+        "source": version.manifest.source,
         "image_size": {k: int(first[k]) for k in ("height", "width", "channels")},
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),

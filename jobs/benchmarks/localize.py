@@ -25,7 +25,7 @@ import torch
 from jobs.benchmarks._common import goal, header, table, write_json
 from jobs.common import parse_key_values
 from jobs.core.pictures import class_name, glimpse_picture
-from jobs.training.recipes import SMALL_RESNET, TrainConfig, make_recipe
+from jobs.training.recipes import SMALL_RESNET, DataSpec, TrainConfig, build_model, make_recipe
 from model.interface import Batch
 from model.registry import create_model
 from model.step import BoxCurriculum, centred_hit_rate, eval_step, hit_rate, train_step
@@ -134,9 +134,8 @@ def build(
             checkpoint=False,
             **SMALL_RESNET,
         )
-    parts = [tuple(p) for p in cluttered_part_classes(args.task)]
-    data = {"num_classes": num_classes, "channels": 1, "class_parts": parts}
-    return create_model(cfg.model, **cfg.model_settings(data))
+    parts = [list(p) for p in cluttered_part_classes(args.task)]
+    return build_model(cfg, DataSpec(num_classes=num_classes, channels=1, class_parts=parts))
 
 
 def evaluate(model: torch.nn.Module, test: Canvases, batch: int) -> dict[str, Any]:

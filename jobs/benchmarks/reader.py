@@ -100,10 +100,11 @@ def recipe_encoder(args: argparse.Namespace) -> tuple[nn.Module, Any, int, float
     request = TrainRequest(config=cfg, name="reader", storage="")
     request.check()  # the train job's own checks and the dataset's classes and channels
     torch.manual_seed(args.seed)
+    assert request.data is not None  # check() filled it
     model = build_model(cfg, request.data)
     if not hasattr(model, "glimpse_encoder"):
         raise ValueError(f"recipe {args.recipe!r} trains {cfg.model}, which reads no glimpse")
-    return model.glimpse_encoder, model.config, request.data["num_classes"], cfg.lr
+    return model.glimpse_encoder, model.config, request.data.num_classes, cfg.lr
 
 
 def train_reader(args: argparse.Namespace, say: Any) -> list[dict[str, float]]:

@@ -66,6 +66,7 @@ from jobs.store import client as store_client
 from jobs.training.recipes import make_recipe
 from jobs.training.tracking import RUN_NAME_TAG
 from model.registry import config_type
+from pipelines.schema import Manifest
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -330,7 +331,7 @@ def _picture(plan: ModelPlan, record: dict[str, Any], args: argparse.Namespace) 
 
 def _dataset_label(dataset: str) -> str:
     """``<source>-<version>`` of a dataset version, for file names and titles."""
-    source = open_dataset(dataset, "test").manifest.get("source", "dataset")
+    source = open_dataset(dataset, "test").manifest.source
     return f"{source}-{dataset.rstrip('/').rsplit('/', 1)[-1]}"
 
 
@@ -361,7 +362,7 @@ def _also_tested(other: str, plans: Sequence[ModelPlan], state: State) -> dict[s
         found = record.get(f"evaluate@{other}", {})
         rows.append({"model": plan.kind, "recipe": plan.recipe, "seed": plan.seed, **found})
     manifest = open_dataset(other, "test").manifest
-    return {"dataset": other, "source": manifest.get("source"), "rows": rows}
+    return {"dataset": other, "source": manifest.source, "rows": rows}
 
 
 def _say(prefix: str) -> Any:
@@ -388,10 +389,10 @@ def _tags(text: str, recipes: Sequence[str]) -> str | dict[str, str]:
     return pairs.get("", pairs)
 
 
-def check_dataset(dataset: str) -> dict[str, Any]:
+def check_dataset(dataset: str) -> Manifest:
     """The version's manifest; refused when it cannot fill a batch of the largest size."""
     manifest = open_dataset(dataset).manifest
-    test = int((manifest.get("counts") or {}).get("test", 0))
+    test = manifest.counts.get("test", 0)
     if test < max(BATCHES):
         raise ValueError(
             f"dataset {dataset} has {test} test images; the benchmark times batches of "
@@ -400,7 +401,7 @@ def check_dataset(dataset: str) -> dict[str, Any]:
     return manifest
 
 
-def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], list[ModelPlan]]:
+def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, Manifest, list[ModelPlan]]:
     """Arguments, the dataset's manifest and the models; any bad input fails here."""
     args = parse_args(argv)
     for name in ("repeats", "threads"):
@@ -419,15 +420,15 @@ def prepare(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any], li
     return args, manifest, plans
 
 
-def check_same_classes(manifest: Mapping[str, Any], other: str) -> None:
+def check_same_classes(manifest: Manifest, other: str) -> None:
     """An --also-test dataset must name the classes the models were trained on, in order."""
     theirs = open_dataset(other, "test").manifest
-    if theirs.get("class_names") != manifest.get("class_names"):
+    if theirs.class_names != manifest.class_names:
         raise ValueError(
             f"--also-test {other}: its classes differ from the benchmark dataset's, so the "
             "trained models cannot be scored on it"
         )
-    if not int((theirs.get("counts") or {}).get("test", 0)):
+    if not theirs.counts.get("test", 0):
         raise ValueError(f"--also-test {other} has no test split")
 
 
@@ -439,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     state = State(Path(args.state))
-    train_images = int(manifest["counts"]["train"])
+    train_images = manifest.counts["train"]
     rows = []
     for i, plan in enumerate(plans, start=1):
         record = run_model(plan, f"{i}/{len(plans)}", args.dataset, args, state)

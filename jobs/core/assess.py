@@ -13,12 +13,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs.core.data import TRAIN_COLUMNS, manifest_hash, open_dataset
+from jobs.core.data import open_dataset
 from jobs.core.evaluation import EvalResult, PeakRss, evaluate_tables
 from jobs.store import EVAL_EXPERIMENT, ensure_experiment, resolve, tracking_uri
 from model.interface import BatchClassifier
-from pipelines.integrity import RowCheck, SplitDigest, check_digests, observed_manifest
-from pipelines.sources import label_counts
+from pipelines.integrity import RowCheck, SplitDigest, check_digests
+from pipelines.schema import TRAIN_COLUMNS, Manifest
 from pipelines.storage import DatasetVersion, open_parquet
 
 
@@ -100,15 +100,15 @@ def assess(
         result: EvalResult = evaluate_tables(
             model,
             _counted(tables, progress) if progress else tables,
-            int(version.manifest["num_classes"]),
+            version.manifest.num_classes,
         )
     # The dataset as read: a copy whose bytes changed is another dataset, whatever its manifest.
-    seen = observed_manifest(version.manifest, {split: observed.hexdigest()})
-    metrics = result.metrics(split, label_counts(version.manifest))
+    seen = version.manifest.with_digests({split: observed.hexdigest()})
+    metrics = result.metrics(split, version.manifest.label_counts)
     # Peak resident-set growth while evaluating (model already loaded): what inference needed.
     metrics[f"{split}/peak_memory_growth_mb"] = memory.growth_mb
     metrics[f"{split}/peak_rss_mb"] = memory.peak_mb
-    names = version.manifest.get("class_names") or []
+    names = version.manifest.class_names
     per_class = {
         names[k] if k < len(names) else str(k): v for k, v in result.per_class_accuracy().items()
     }
@@ -130,7 +130,7 @@ def assess(
 def _log(
     model_uri: str,
     version: DatasetVersion,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     split: str,
     metrics: dict[str, float],
     figures: dict[str, dict[str, Any]],
@@ -147,7 +147,7 @@ def _log(
             {
                 "model_uri": model_uri,
                 "dataset.version": version.url,
-                "dataset.manifest_sha256": manifest_hash(manifest),
+                "dataset.manifest_sha256": manifest.sha256(),
                 **tags,
             }
         )

@@ -10,8 +10,6 @@ the step on the rest, and says which rows it dropped and why, for the caller to 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,12 +22,9 @@ import torch.nn.functional as F
 from model.interface import Batch
 from pipelines.integrity import RowCheck, check_digests
 from pipelines.region import CorruptImageError, TiledImage, TileRegionReader
-from pipelines.schema import IMAGE_SCHEMA, SchemaError, validate_schema
+from pipelines.schema import TRAIN_COLUMNS, SchemaError, box_to_model, validate_schema
 from pipelines.storage import DatasetVersion, open_parquet, with_scheme
 from pipelines.tiling import decode_proxy
-
-# Everything the models read; `meta` (free-form JSON) stays on disk.
-TRAIN_COLUMNS = [n for n in IMAGE_SCHEMA.names if n != "meta"]
 
 
 def open_dataset(url: str, split: str = "train") -> DatasetVersion:
@@ -50,11 +45,6 @@ def open_dataset(url: str, split: str = "train") -> DatasetVersion:
         except SchemaError as exc:
             raise SchemaError(f"dataset {url}: {exc}") from None
     return version
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """A stable hash of a version's manifest (logged with every run that used it)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def read_split(version: DatasetVersion, split: str, *, shuffle_seed: int | None = None) -> Any:
@@ -107,7 +97,7 @@ def _gt_objects(table: pa.Table) -> tuple[list[torch.Tensor], list[torch.Tensor]
     """Per image an N×4 tensor of (y0, x0, y1, x1), the model's box order, and the N classes."""
     boxes_out, classes_out = [], []
     for boxes in table.column("boxes").to_pylist():
-        rows = [[b["y0"], b["x0"], b["y1"], b["x1"]] for b in boxes or []]
+        rows = [box_to_model(b) for b in boxes or []]
         boxes_out.append(torch.tensor(rows, dtype=torch.float32).reshape(-1, 4))
         classes_out.append(torch.tensor([b["cls"] for b in boxes or []], dtype=torch.int64))
     return boxes_out, classes_out

@@ -1,9 +1,10 @@
 """The trained model as an MLflow pyfunc: rows of the dataset contract in, predictions out.
 
-Input: a DataFrame of the schema-v2 image columns (`INPUT_COLUMNS`) in which each row's list of
-tiles travels as one binary value (`PACKED`: `tiles_packed`, `level_tiles_packed`; `model_frame`
-builds it). Output: one row per image with `label`, `label_name`, `probabilities` and, for the
-saccader, the glimpse `boxes` (normalised y0, x0, y1, x1). The state dict, the model's name and
+Input: a DataFrame of the contract's model-input columns (`pipelines.schema.MODEL_INPUT_COLUMNS`)
+in which each row's list of tiles travels as one binary value (`PACKED`: `tiles_packed`,
+`level_tiles_packed`; `model_frame` builds it). Output: one row per image with `label`,
+`label_name`, `probabilities` and, for the saccader, the glimpse `boxes` (normalised y0, x0, y1,
+x1, the model's order). The state dict, the model's name and
 config and the class names travel in one artifact.
 
 How it is logged: models-from-code (`MODEL_CODE`, no pickled object), with the project's code
@@ -40,27 +41,15 @@ import torch
 
 from jobs.core.data import table_to_batch
 from jobs.store import tracking_uri
-from jobs.training.recipes import TrainConfig, build_model
+from jobs.training.recipes import DataSpec, TrainConfig, build_model
 from pipelines.codec import encode_tiles
 from pipelines.region import TiledImage, read_region
+from pipelines.schema import MODEL_INPUT_COLUMNS
 from pipelines.tiling import encode_proxy, level_columns, make_proxy
 
-INPUT_COLUMNS = [
-    "height",
-    "width",
-    "channels",
-    "tile_size",
-    "tile_format",
-    "tiles",
-    "level_factor",
-    "level_tiles",
-    "proxy",
-    "proxy_height",
-    "proxy_width",
-]
 # Each row's list of tiles as one binary value (see the module docstring).
 PACKED = {"tiles": "tiles_packed", "level_tiles": "level_tiles_packed"}
-MODEL_COLUMNS = [PACKED.get(c, c) for c in INPUT_COLUMNS]
+MODEL_COLUMNS = [PACKED.get(c, c) for c in MODEL_INPUT_COLUMNS]
 STATE_ARTIFACT = "state"
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What the model ships of the project, as `NAMESPACE.<package>`.
@@ -126,7 +115,7 @@ def rows_table(frame: pd.DataFrame) -> pa.Table:
     """The image rows of a pyfunc input frame, tiles unpacked (frames of the list columns, as
     models packaged before `PACKED` were, pass through)."""
     columns = {}
-    for name in INPUT_COLUMNS:
+    for name in MODEL_INPUT_COLUMNS:
         packed = PACKED.get(name)
         if packed in frame.columns:
             tiles = [unpack_tiles(bytes(v)) for v in frame[packed]]
@@ -231,10 +220,11 @@ class SaccadePyfunc(PythonModel):
         state = torch.load(
             context.artifacts[STATE_ARTIFACT], map_location="cpu", weights_only=False
         )
-        self.model = build_model(TrainConfig.from_dict(state["train"]), state["data"])
+        data = DataSpec.from_dict(state["data"])
+        self.model = build_model(TrainConfig.from_dict(state["train"]), data)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
-        self.class_names = state["data"].get("class_names")
+        self.class_names = data.class_names
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None

@@ -26,18 +26,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.core.data import open_dataset, read_split, table_to_batch
-from jobs.core.packaging import INPUT_COLUMNS, MODEL_COLUMNS, model_frame
+from jobs.core.packaging import MODEL_COLUMNS, model_frame
 from jobs.core.pictures import class_name, glimpse_picture
 from jobs.store import tracking_uri
 from pipelines.inputs import list_files, read_bytes
 from pipelines.photos import tile_encoded_image
-from pipelines.schema import IMAGE_SCHEMA
+from pipelines.schema import IMAGE_SCHEMA, MODEL_INPUT_COLUMNS, box_from_model
 from pipelines.storage import filesystem, join
 
 BOX = pa.struct([(k, pa.float32()) for k in ("x0", "y0", "x1", "y1")])
 # The Predictor's input: the pyfunc's columns plus identity, ground truth and errors.
 REQUEST_SCHEMA = pa.schema(
-    [IMAGE_SCHEMA.field(c) for c in INPUT_COLUMNS]
+    [IMAGE_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS]
     + [
         pa.field("image_id", pa.string()),
         pa.field("path", pa.string()),
@@ -65,7 +65,7 @@ PREDICTION_SCHEMA = pa.schema(
 def dataset_rows(batch: pa.Table) -> pa.Table:
     """Stage: rows of a dataset version (schema v2) → prediction requests."""
     n = batch.num_rows
-    columns = {c: batch.column(c) for c in INPUT_COLUMNS}
+    columns = {c: batch.column(c) for c in MODEL_INPUT_COLUMNS}
     columns.update(
         image_id=batch.column("image_id"),
         path=pa.nulls(n, pa.string()),
@@ -174,7 +174,9 @@ class Predictor:
         # A model packaged with list-of-binary tile columns: MLflow's schema enforcement of its
         # signature would drop the tiles' trailing NUL bytes, so its Python model is called as
         # the evaluation calls it.
-        return self.pyfunc.unwrap_python_model().predict(None, model_frame(good, INPUT_COLUMNS))
+        return self.pyfunc.unwrap_python_model().predict(
+            None, model_frame(good, MODEL_INPUT_COLUMNS)
+        )
 
     def _predict_rows(self, good: pa.Table) -> list[dict[str, Any]]:
         out = self._outputs(good)
@@ -187,9 +189,7 @@ class Predictor:
                     "label": int(label),
                     "label_name": str(name),
                     "probabilities": [float(p) for p in probs],
-                    "boxes": [
-                        {"y0": b[0], "x0": b[1], "y1": b[2], "x1": b[3]} for b in list(boxes)
-                    ],
+                    "boxes": [box_from_model(b) for b in list(boxes)],
                 }
             )
             if self.annotate:

@@ -292,9 +292,9 @@ def _evaluations(
         sha = None
         if request.dataset is not None:
             # Imported here, as `evaluate` above: torch, which a rollback never needs.
-            from jobs.core.data import manifest_hash, open_dataset
+            from jobs.core.data import open_dataset
 
-            sha = manifest_hash(open_dataset(request.dataset).manifest)
+            sha = open_dataset(request.dataset).manifest.sha256()
         found = [recorded_evaluation(m, request.split, sha) for m in (candidate, champion) if m]
     else:
         assert request.dataset is not None  # checked by PromotionRequest

@@ -250,7 +250,7 @@ def regenerate_one(
         {
             "version": summary.version,
             "content_hash": digest,
-            "input_hash": manifest.get("input_hash"),
+            "input_hash": manifest.input_hash,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
@@ -260,7 +260,7 @@ def regenerate_one(
         action="built",
         content_hash=digest,
         version=summary.version,
-        input_hash=manifest.get("input_hash"),
+        input_hash=manifest.input_hash,
         summary=summary,
         pruned=pruned,
     )

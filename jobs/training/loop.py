@@ -12,13 +12,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.core.data import TRAIN_COLUMNS, StepOnRows, run_on_intact_rows
+from jobs.core.data import StepOnRows, run_on_intact_rows
 from jobs.core.evaluation import (
     EvalResult,
     evaluate_tables,
@@ -27,10 +28,11 @@ from jobs.core.evaluation import (
 )
 from jobs.core.pictures import confusion_picture, prediction_picture
 from jobs.training.progress import Poster
-from jobs.training.recipes import TrainConfig, build_model
+from jobs.training.recipes import DataSpec, TrainConfig, build_model
 from jobs.training.tracking import StepLog, Tracker
 from model.interface import Batch, BatchClassifier
 from model.step import BoxCurriculum, LossModule, train_step
+from pipelines.schema import TRAIN_COLUMNS
 from pipelines.storage import DatasetVersion
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def _train_epoch(
     before_step: Callable[[int], None],
     poster: Poster,
     step_log: StepLog,
+    lead: bool,
 ) -> dict[str, float]:
     import ray.train
 
@@ -108,7 +111,7 @@ def _train_epoch(
         steps += 1
         samples += done.rows
         poster.step(epoch, world * samples)
-        if steps % PROGRESS_STEPS == 0 and ray.train.get_context().get_world_rank() == 0:
+        if steps % PROGRESS_STEPS == 0 and lead:
             rate = samples / (time.perf_counter() - start)
             mean = {k: v / steps for k, v in sums.items()}
             # the worker's log (Ray Train's files; the driver's log through log_to_driver)
@@ -227,14 +230,26 @@ def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry of every Ray Train worker. `loop_config`: train (TrainConfig dict), data (classes,
-    channels), run_id and tracking_uri (MLflow), picture_rows (Arrow IPC bytes or None)."""
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """What every training worker is given (`train_loop_config={"spec": ...}`)."""
+
+    train: TrainConfig
+    data: DataSpec
+    run_id: str | None  # the MLflow run rank 0 logs to
+    tracking_uri: str
+    picture_rows: bytes | None  # the validation images drawn each few epochs (Arrow IPC)
+    progress: Any = None  # the board rank 0 posts its progress to (jobs.training.progress)
+
+
+def train_loop_per_worker(loop_config: dict[str, WorkerSpec]) -> None:
+    """Entry of every Ray Train worker; `loop_config["spec"]` says what to train. Rank 0 alone
+    logs, draws, checkpoints and posts progress: its `Tracker` is the one gate (`lead`)."""
     import ray.train
     import ray.train.torch
 
-    cfg = TrainConfig.from_dict(loop_config["train"])
-    data = loop_config["data"]
+    spec = loop_config["spec"]
+    cfg, data = spec.train, spec.data
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -249,12 +264,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     module = ray.train.torch.prepare_model(
         LossModule(model), parallel_strategy_kwargs={"find_unused_parameters": True}
     )
-    tracker = Tracker(loop_config["run_id"], enabled=rank == 0, uri=loop_config["tracking_uri"])
-    pictures = loop_config.get("picture_rows")
+    tracker = Tracker(spec.run_id, enabled=rank == 0, uri=spec.tracking_uri)
+    pictures = spec.picture_rows
     picture_rows = pa.ipc.open_stream(pictures).read_all() if pictures else None
     curriculum = BoxCurriculum(cfg.curriculum_start, cfg.curriculum_steps)
     # Progress reaches the driver through the board, not stdout (see jobs/training/progress.py).
-    poster = Poster(loop_config.get("progress"), enabled=rank == 0)
+    poster = Poster(spec.progress, enabled=tracker.lead)
     # Epochs a lost attempt logged after its last kept checkpoint (rank 0 logs an epoch before
     # reporting its checkpoint, and Ray Train registers a reported one later still): retrained
     # from the same checkpoint and seeds, they keep their first log, so each epoch is in the
@@ -273,11 +288,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             before_step=lambda step: curriculum.apply(model, step),
             poster=poster,
             step_log=step_log,
+            lead=tracker.lead,
         )
         state = None
-        result = _validate(model, val_share, data["num_classes"], device)  # on every rank
-        if rank == 0:
-            metrics.update(result.metrics("val", data.get("label_counts")))
+        result = _validate(model, val_share, data.num_classes, device)  # on every rank
+        if tracker.lead:
+            metrics.update(result.metrics("val", data.label_counts))
             metrics["peak_memory_mb"] = peak_memory_mb(device)
             if epoch not in logged:
                 tracker.metrics(metrics, step=epoch)
@@ -290,7 +306,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     device,
                     cfg=cfg,
                     epoch=epoch,
-                    class_names=data["class_names"],
+                    class_names=data.class_names,
                 )
             state = {
                 "model": model.state_dict(),
@@ -299,7 +315,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "train": cfg.to_dict(),
-                "data": data,
+                "data": data.to_dict(),
             }
         metrics["epoch"] = epoch
         poster.epoch(epoch, _progress_line(epoch, cfg.epochs, metrics))

@@ -17,6 +17,40 @@ from typing import Any
 from model.interface import BatchClassifier
 from model.loss import ObjectiveConfig
 from model.registry import config_type, create_model, variant_settings
+from pipelines.schema import Manifest
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """What a model is built for, read from its dataset: saved with every checkpoint and
+    registered model (`to_dict`), so the model can be rebuilt without the dataset."""
+
+    num_classes: int
+    channels: int  # of the images and the proxies
+    class_names: list[str] = field(default_factory=list)  # index = label
+    class_parts: list[list[int]] = field(default_factory=list)  # per class, its object classes
+    label_counts: list[int] | None = None  # a count label: what each class counts
+
+    @classmethod
+    def of(cls, manifest: Manifest, channels: int) -> DataSpec:
+        return cls(
+            num_classes=manifest.num_classes,
+            class_names=list(manifest.class_names),
+            channels=channels,
+            class_parts=[list(parts) for parts in manifest.class_parts or []],
+            label_counts=manifest.label_counts,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DataSpec:
+        """From `to_dict`'s layout (models saved before a field existed lack it)."""
+        return cls(**{k: v for k, v in values.items() if k in _DATA_FIELDS})
+
+
+_DATA_FIELDS = {f.name for f in dataclasses.fields(DataSpec)}
 
 
 @dataclass(kw_only=True)
@@ -104,19 +138,19 @@ class TrainConfig:
                 "with model_cfg.locator=heatmap"
             )
 
-    def model_settings(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """`model_cfg` with what a dataset's `data` sets: its manifest's classes and channels
-        and, with `glimpse_parts`, each class's parts (for `create_model(self.model, ...)`)."""
-        settings = {"num_classes": data["num_classes"], "in_channels": data["channels"]}
+    def model_settings(self, data: DataSpec) -> dict[str, Any]:
+        """`model_cfg` with what the dataset sets: its classes and channels and, with
+        `glimpse_parts`, each class's parts (for `create_model(self.model, ...)`)."""
+        settings = {"num_classes": data.num_classes, "in_channels": data.channels}
         settings.update(self.model_cfg)
         if self.glimpse_parts:
-            if not data.get("class_parts"):
+            if not data.class_parts:
                 raise ValueError(
                     "the recipe sets glimpse_parts but the dataset's manifest has no class_parts "
                     "(its classes have no object parts, e.g. a digit sum): --set "
                     "glimpse_parts=false"
                 )
-            settings["part_classes"] = data["class_parts"]
+            settings["part_classes"] = data.class_parts
         return settings
 
     def images_per_epoch(self, split_images: int) -> int:
@@ -655,7 +689,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
 }
 
 
-def build_model(cfg: TrainConfig, data: Mapping[str, Any]) -> BatchClassifier:
+def build_model(cfg: TrainConfig, data: DataSpec) -> BatchClassifier:
     """The configured model for this dataset's classes and channels (what training, the
     registered pyfunc and the benchmarks build)."""
     return create_model(cfg.model, **cfg.model_settings(data))

@@ -24,7 +24,7 @@ class DatasetRef:
     """The dataset version a run trains on, as MLflow's run input (the UI's Datasets column)."""
 
     url: str  # the version: <root>/<version>
-    manifest_sha256: str  # manifest_hash of its manifest
+    manifest_sha256: str  # its Manifest.sha256()
     counts: Mapping[str, int]  # images per split
 
 
@@ -182,6 +182,7 @@ class Tracker:
 
     def __init__(self, run_id: str | None, *, enabled: bool, uri: str | None = None) -> None:
         self.run_id = run_id
+        self.lead = enabled  # rank 0: the one worker with side effects (logs, checkpoints)
         self.client = None
         if enabled and run_id:
             self.client = client(uri)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -13,20 +13,18 @@ import torch
 
 from jobs import console
 from jobs.core.data import (
-    TRAIN_COLUMNS,
     intact_rows,
-    manifest_hash,
     open_dataset,
     read_split,
 )
 from jobs.core.packaging import log_and_register
 from jobs.preflight import check_against_dataset
 from jobs.store import ensure_experiment, tracking_uri
-from jobs.training.loop import STATE_FILE, train_loop_per_worker
+from jobs.training.loop import STATE_FILE, WorkerSpec, train_loop_per_worker
 from jobs.training.progress import Event, board
-from jobs.training.recipes import TrainConfig, build_model
+from jobs.training.recipes import DataSpec, TrainConfig, build_model
 from jobs.training.tracking import DatasetRef, end_run, flatten, git_commit, start_or_resume_run
-from pipelines.sources import label_counts
+from pipelines.schema import TRAIN_COLUMNS
 from pipelines.storage import DatasetVersion, url_scheme
 
 
@@ -38,21 +36,14 @@ class TrainRequest:
     name: str  # run name: Ray Train's run directory and the MLflow run (same name = resume)
     storage: str  # checkpoint root (local path or s3://)
     experiment: str = "saccade"  # MLflow experiment
-    data: dict[str, Any] = field(default_factory=dict)  # filled by check(): classes, channels
+    data: DataSpec | None = None  # filled by check(): the dataset's classes and channels
 
     def check(self) -> DatasetVersion:
         """Open the dataset (exists, schema v2) and build the model once on the CPU, so that a
         bad configuration fails with one clear message before any worker starts."""
         version = open_dataset(self.config.dataset)
         first = version.read_head("train", 1, columns=["channels"])
-        manifest = version.manifest
-        self.data = {
-            "num_classes": int(manifest["num_classes"]),
-            "class_names": list(manifest["class_names"]),
-            "class_parts": list(manifest.get("class_parts") or []),
-            "label_counts": label_counts(manifest),
-            "channels": int(first.column("channels")[0].as_py()),
-        }
+        self.data = DataSpec.of(version.manifest, int(first.column("channels")[0].as_py()))
         check_against_dataset(self.config.model_cfg, self.data, self.config.dataset)
         build_model(self.config, self.data)  # unknown model or settings → ValueError
         return version
@@ -92,16 +83,19 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = request.config
+    assert request.data is not None, "TrainRequest.check() fills the dataset's DataSpec first"
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": cfg.to_dict(),
-            "data": request.data,
-            "run_id": run_id,
-            "tracking_uri": tracking_uri(),
-            "picture_rows": _picture_rows(version, cfg.picture_images),
-            "progress": progress,  # the board rank 0 posts its progress to
+            "spec": WorkerSpec(
+                train=cfg,
+                data=request.data,
+                run_id=run_id,
+                tracking_uri=tracking_uri(),
+                picture_rows=_picture_rows(version, cfg.picture_images),
+                progress=progress,
+            )
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
@@ -147,14 +141,14 @@ def train(
     params = {
         **flatten("train", cfg.to_dict()),
         "dataset.url": cfg.dataset,
-        "dataset.version": version.manifest.get("version"),
-        "dataset.manifest_sha256": manifest_hash(version.manifest),
+        "dataset.version": version.manifest.version,
+        "dataset.manifest_sha256": version.manifest.sha256(),
         "git_commit": git_commit(),
     }
     dataset = DatasetRef(
         url=cfg.dataset,
         manifest_sha256=params["dataset.manifest_sha256"],
-        counts=version.manifest.get("counts") or {},
+        counts=version.manifest.counts,
     )
     experiment_id = ensure_experiment(request.experiment)
     run_id = start_or_resume_run(experiment_id, request.name, params, dataset)

@@ -23,12 +23,14 @@ hash, so all scenes of one game land in the same split.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -36,8 +38,12 @@ from pipelines.inputs import check_fractions, hash_split, list_files, read_bytes
 from pipelines.sc2.render import RenderConfig, render
 from pipelines.sc2.tracks import LOOPS_PER_SECOND, MapInfo, Player, Scene, Snapshot, Track, Unit
 from pipelines.sc2.units import ignored
-from pipelines.staging import staging_table
+from pipelines.schema import SPLITS
+from pipelines.staging import StagingPlan, staging_table
 from pipelines.tiling import image_row, reject_row
+
+if TYPE_CHECKING:  # the build composes this module's stages; nothing of it runs here
+    from pipelines.build import BuildConfig
 
 SOURCE = "sc2_replays"
 MAX_MARINES = 22
@@ -271,3 +277,36 @@ def _scene_row(
         tile_size=tile_size,
         tile_format=tile_format,
     )
+
+
+def plan_replays(
+    config: BuildConfig, cfg: Sc2ReplayConfig, tile_format: str, say: Callable[[str], None]
+) -> StagingPlan:
+    """The build's plan for a folder of replays: listing → parse (Ray, one task per replay) →
+    render (Ray)."""
+    import ray
+
+    items = list_replays(cfg)
+    params = dataclasses.asdict(cfg)
+    scenes = (
+        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        .map_batches(
+            parse_replays,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"params": params},
+        )
+        .materialize()
+    )
+    total = scenes.count()
+    say(f"[build] {len(items)} replay files, {total} scenes")
+    # a replay's scenes are consecutive and alike: written in that order, training batches (read
+    # nearly in file order) would hold a few replays each (`dslr.in_mixed_order`, the same trap)
+    ds = scenes.random_shuffle(seed=0).map_batches(
+        render_scenes,
+        batch_size=config.rows_per_file,
+        batch_format="pyarrow",
+        fn_kwargs={"params": params, "tile_size": config.tile_size, "tile_format": tile_format},
+    )
+    inputs = {"replays": len(items), "scenes": total}
+    return StagingPlan(ds, total, list(SPLITS), replay_class_names(), inputs)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from manifest_support import manifest
 
 from jobs.common import run_main
 
@@ -186,7 +187,6 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     regeneration spec, a header-only and a binary labels CSV, and a scratch folder."""
     from pipelines.build import _data_digests, write_shard
     from pipelines.digits import load_digits, split_digits
-    from pipelines.schema import SCHEMA_VERSION
     from pipelines.sources import generate_rows
     from pipelines.storage import Staging
 
@@ -204,15 +204,13 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
     summary = write_shard(table, staging_url=staging.path).to_pylist()
     staging.publish(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "num_classes": 55,
-            "class_names": [str(i) for i in range(55)],
-            "counts": {"train": 1, "test": 1},
-            "data_digests": _data_digests(summary),
-        }
+        manifest(
+            class_names=[str(i) for i in range(55)],
+            counts={"train": 1, "test": 1},
+            data_digests=_data_digests(summary),
+        )
     )
-    Staging.create(str(root / "old"), "v0001").publish({"schema_version": 2})
+    Staging.create(str(root / "old"), "v0001").publish(manifest(schema_version=2))
     (root / "file").write_text("not a folder")
     spec = {"datasets": [{"name": "cm", "source": "cluttered_mnist", "out": str(root / "r")}]}
     (root / "spec.json").write_text(json.dumps(spec))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from cli_support import assert_clear_failure, run_job
+from manifest_support import manifest
 
 from pipelines.build import BuildConfig
-from pipelines.schema import SCHEMA_VERSION
 from pipelines.storage import Staging, list_versions
 
 
@@ -49,9 +49,7 @@ def test_megapixel_canvas_too_small(tmp_path: Path) -> None:
 
 
 def test_existing_version(tmp_path: Path) -> None:
-    Staging.create(str(tmp_path), "v0001").publish(
-        {"schema_version": SCHEMA_VERSION, "marker": True}
-    )
+    Staging.create(str(tmp_path), "v0001").publish(manifest(extra={"marker": True}))
     result = _build("--source", "cluttered_mnist", "--out", str(tmp_path), "--version", "v0001")
     assert_clear_failure(result, "v0001 already exists (published)")
     assert (tmp_path / "v0001" / "manifest.json").read_text().count("marker") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from manifest_support import manifest
 
 from jobs.benchmarks._tradeoff import evaluated, format_table, tradeoff_row
 from jobs.core.evaluation import EvalResult
@@ -14,18 +15,17 @@ from model.loss import ObjectiveConfig, count_targets
 from model.registry import create_model
 from model.step import object_coverage
 from pipelines.inputs import check_fractions, hash_split
-from pipelines.sources import label_counts
 
 
 def test_label_counts_from_the_manifest() -> None:
     names = [str(n) for n in range(4)]
-    assert label_counts({"class_names": names}) is None  # older manifests hold classes
-    assert label_counts({"class_names": names, "label_kind": "class"}) is None
-    assert label_counts({"class_names": names, "label_kind": "count"}) == [0, 1, 2, 3]
+    assert manifest(class_names=names).label_counts is None  # older manifests hold classes
+    assert manifest(class_names=names, label_kind="class").label_counts is None
+    assert manifest(class_names=names, label_kind="count").label_counts == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="label_kind 'sum'"):
-        label_counts({"class_names": names, "label_kind": "sum"})
+        _ = manifest(class_names=names, label_kind="sum").label_counts
     with pytest.raises(ValueError, match="numeric class names"):
-        label_counts({"class_names": ["cat", "dog"], "label_kind": "count"})
+        _ = manifest(class_names=["cat", "dog"], label_kind="count").label_counts
 
 
 def test_count_errors_from_the_confusion_matrix() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs.training.recipes import build_model, make_recipe
+from jobs.training.recipes import DataSpec, build_model, make_recipe
 from model.interface import Batch
 from model.loss import ObjectiveConfig, glimpse_log_likelihood
 from model.registry import create_model
@@ -68,10 +68,10 @@ def test_bad_parts_are_named() -> None:
 def test_recipe_asking_for_parts_needs_them_in_the_manifest() -> None:
     cfg = make_recipe("cluttered_cpu", "unused", {})
     assert cfg.glimpse_parts
-    data = {"num_classes": 19, "channels": 1, "class_parts": []}
+    data = DataSpec(num_classes=19, channels=1, class_parts=[])
     with pytest.raises(ValueError, match=r"no class_parts.*glimpse_parts=false"):
         build_model(cfg, data)
-    data = {"num_classes": 55, "channels": 1, "class_parts": cluttered_part_classes("pair")}
+    data = DataSpec(num_classes=55, channels=1, class_parts=cluttered_part_classes("pair"))
     assert build_model(cfg, data).part_head is not None
     baseline = make_recipe("cluttered_cpu_patches", "unused", {})
     assert not baseline.glimpse_parts

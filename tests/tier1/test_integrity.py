@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from manifest_support import manifest
 
-from jobs.core.data import manifest_hash, run_on_intact_rows
+from jobs.core.data import run_on_intact_rows
 from jobs.core.evaluation import evaluate_tables
 from jobs.training.recipes import make_recipe
 from model.registry import create_model
@@ -25,12 +26,11 @@ from pipelines.digits import load_digits, split_digits
 from pipelines.integrity import (
     SplitDigest,
     check_digests,
-    observed_manifest,
     row_digest,
     verify_version,
     with_digests,
 )
-from pipelines.schema import IMAGE_SCHEMA, SCHEMA_VERSION
+from pipelines.schema import IMAGE_SCHEMA
 from pipelines.sources import generate_rows
 from pipelines.storage import DatasetVersion, Staging
 
@@ -129,13 +129,11 @@ def _publish(root: Path, tables: dict[str, pa.Table]) -> str:
         table = table.append_column("_index", pa.array([index * 100] * table.num_rows, pa.int64()))
         summary += write_shard(table, staging_url=staging.path).to_pylist()
     staging.publish(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "num_classes": 55,
-            "class_names": [str(i) for i in range(55)],
-            "counts": {s: t.num_rows for s, t in tables.items()},
-            "data_digests": _data_digests(summary),
-        }
+        manifest(
+            class_names=[str(i) for i in range(55)],
+            counts={s: t.num_rows for s, t in tables.items()},
+            data_digests=_data_digests(summary),
+        )
     )
     return str(root / "v0001")
 
@@ -164,7 +162,7 @@ def test_verify_passes_an_intact_version_and_lists_corrupt_rows(tmp_path: Path) 
     version = DatasetVersion.open(url)
     report = verify_version(version)
     assert report.ok and report.rows == 6, report.format()
-    before = manifest_hash(version.manifest)
+    before = version.manifest.sha256()
 
     path = version.files("train")[0]
     stored = pq.read_table(path)
@@ -180,11 +178,11 @@ def test_verify_passes_an_intact_version_and_lists_corrupt_rows(tmp_path: Path) 
     assert len(report.problems) == 3  # the val split is intact
     # the corrupted copy's manifest is the original's; the data it holds tells them apart
     copy = DatasetVersion.open(url)
-    assert manifest_hash(copy.manifest) == before
+    assert copy.manifest.sha256() == before
     observed = SplitDigest()
     observed.add(os.path.basename(path), check_digests(pq.read_table(path)).recomputed)
-    seen = observed_manifest(copy.manifest, {"train": observed.hexdigest()})
-    assert manifest_hash(seen) != before
+    seen = copy.manifest.with_digests({"train": observed.hexdigest()})
+    assert seen.sha256() != before
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(verify.main, ["--dataset", url])

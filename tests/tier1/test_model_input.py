@@ -20,7 +20,6 @@ from pyfunc_support import SIDE, image_requests, save_tiny_pyfunc, solid_image
 
 from jobs.core.data import table_to_batch
 from jobs.core.packaging import (
-    INPUT_COLUMNS,
     _pyfunc_arguments,
     _shipped_code_importable,
     model_frame,
@@ -28,6 +27,7 @@ from jobs.core.packaging import (
     unpack_tiles,
 )
 from jobs.ops.prediction import Predictor, PredictRequest
+from pipelines.schema import MODEL_INPUT_COLUMNS
 
 FORMATS = ("raw", "png", "jpeg")
 
@@ -112,15 +112,15 @@ def test_a_model_with_list_columns_is_predicted_without_loss(tmp_path: Path) -> 
     """Models packaged before the packed columns (a signature of list-of-binary columns)."""
     import torch
 
-    from jobs.training.recipes import build_model, make_recipe
+    from jobs.training.recipes import DataSpec, build_model, make_recipe
 
     rows = image_requests(tmp_path / "in", {"black.png": solid_image(0)}, "raw")
     config = make_recipe("tiny_cpu", "unused", {"model_cfg.pooled_level": "1"})
-    data = {"num_classes": 3, "class_names": ["a", "b", "c"], "channels": 3}
+    data = DataSpec(num_classes=3, class_names=["a", "b", "c"], channels=3)
     state = {"model": build_model(config, data).state_dict(), "train": config.to_dict()}
-    torch.save({**state, "data": data}, tmp_path / "state.pt")
+    torch.save({**state, "data": data.to_dict()}, tmp_path / "state.pt")
     arguments = _pyfunc_arguments(str(tmp_path / "state.pt"), rows, str(tmp_path))
-    arguments["signature"] = infer_signature(model_frame(rows, INPUT_COLUMNS))
+    arguments["signature"] = infer_signature(model_frame(rows, MODEL_INPUT_COLUMNS))
     del arguments["input_example"]  # of the packed columns
     with _shipped_code_importable(str(tmp_path)):
         mlflow.pyfunc.save_model(str(tmp_path / "old"), **arguments)

@@ -19,9 +19,10 @@ from jobs.ops.promotion import Decision, Evaluation, Policy, PromotionError, dec
 from jobs.ops.regeneration import content_hash, listing_fingerprint, parse_spec
 from jobs.ops.services import ServiceError, check_object_store, check_tracking_server
 from jobs.store import ModelRef
-from pipelines.build import _manifest, _Plan, generated_inputs
+from pipelines.build import BuildSummary, _manifest, generated_inputs
 from pipelines.digits import load_digits
 from pipelines.sources import digits_fingerprint, get_source, make_config
+from pipelines.staging import StagingPlan
 from pipelines.storage import (
     StorageError,
     list_versions,
@@ -146,11 +147,12 @@ def test_regeneration_hashes_what_the_build_writes_as_its_input_hash() -> None:
     source = get_source(config.source)
     source_config = make_config(source, config.params)
     digits = digits_fingerprint(load_digits(None))
-    plan = _Plan(
+    plan = StagingPlan(
         ds=None, total=0, splits=[], class_names=[], inputs=generated_inputs(config, digits)
     )
-    manifest = _manifest(config, source_config, source.tile_format, "v0001", plan, {}, 0, 0, 0.0)
-    assert manifest["input_hash"] == content_hash(spec)
+    summary = BuildSummary(url="", version="v0001", rows={}, rejects=0, bytes=0, seconds=0.0)
+    manifest = _manifest(config, source_config, source.tile_format, plan, summary, [])
+    assert manifest.input_hash == content_hash(spec)
     assert content_hash(spec) == "c2d189e15d74be96e5d0467c490729b782638a3af96ab9b0be5c14a2584f6a92"
 
 

@@ -17,9 +17,9 @@ from jobs.preflight import (
     prediction_demand,
     training_demand,
 )
-from jobs.training.recipes import make_recipe
+from jobs.training.recipes import DataSpec, make_recipe
 
-DATA = {"num_classes": 55, "channels": 1}
+DATA = DataSpec(num_classes=55, channels=1)
 
 
 def _model_cfg(**overrides: str) -> dict:

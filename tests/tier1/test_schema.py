@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.build import FILE_PLANS
 from pipelines.digits import load_digits, split_digits
 from pipelines.region import TiledImage, read_region
 from pipelines.schema import (
@@ -17,7 +16,7 @@ from pipelines.schema import (
     schema_version,
     validate_schema,
 )
-from pipelines.sources import FILE_SOURCES, STAGING_SCHEMA, generate_rows
+from pipelines.sources import STAGING_SCHEMA, generate_rows
 from pipelines.tiling import decode_proxy, image_row
 
 
@@ -131,9 +130,3 @@ def test_impossible_sample_becomes_a_reject_row() -> None:
     rejected = [r for r in reasons if r is not None]
     assert rejected, "placing two 28 px digits on a 56 px canvas in one try should fail"
     assert all("no room for digit" in r for r in rejected)
-
-
-def test_every_file_source_has_a_build_plan() -> None:
-    """The build looks a file source's plan up by name: a registered source without one would
-    fail only when a user builds it."""
-    assert set(FILE_PLANS) == set(FILE_SOURCES)

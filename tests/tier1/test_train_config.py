@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import assert_clear_failure, run_job
+from manifest_support import manifest
 
 from jobs.training.recipes import RECIPES, TrainConfig, make_recipe
 from model.glimpse import TensorRegionReader
-from pipelines.schema import IMAGE_SCHEMA, SCHEMA_VERSION
+from pipelines.schema import IMAGE_SCHEMA
 from pipelines.storage import Staging, write_parquet
 
 
@@ -29,12 +30,12 @@ def test_every_recipe_builds_a_valid_config() -> None:
 
 def test_every_recipe_builds_its_model() -> None:
     """A recipe whose model settings the model refuses would fail only when a run starts."""
-    from jobs.training.recipes import build_model
+    from jobs.training.recipes import DataSpec, build_model
 
     for name in RECIPES:
         config = make_recipe(name, "data/x/v0001", {})
-        parts = {"class_parts": [(k % 3, k // 3) for k in range(10)]}
-        build_model(config, {"num_classes": 10, "channels": 1, **parts})
+        parts = [[k % 3, k // 3] for k in range(10)]
+        build_model(config, DataSpec(num_classes=10, channels=1, class_parts=parts))
 
 
 @pytest.mark.parametrize("name", ["cluttered_2528_gpu", "sc2_gpu"])
@@ -172,7 +173,7 @@ def test_schema_mismatch_cli(tmp_path: Path) -> None:
     write_parquet(
         staging.fs, os.path.join(staging.path, "split=train", "part-0.parquet"), old.empty_table()
     )
-    staging.publish({"schema_version": SCHEMA_VERSION, "num_classes": 55, "class_names": []})
+    staging.publish(manifest(class_names=[]))
     result = _train("--recipe", "tiny_cpu", "--dataset", str(tmp_path / "v0001"))
     assert_clear_failure(result, "column 'proxy' is missing")
 
@@ -197,7 +198,7 @@ def _tiny_version(root: Path) -> str:
         tile_format="png",
     )
     write_shard(table, staging_url=staging.path)
-    staging.publish({"schema_version": SCHEMA_VERSION, "num_classes": 55, "class_names": [""] * 55})
+    staging.publish(manifest(class_names=[""] * 55))
     return str(root / "v0001")
 
 
@@ -261,3 +262,14 @@ def test_a_recipe_registers_under_its_own_name_unless_told() -> None:
     assert make_recipe("tiny_cpu", "d", {}).registered_model == "tiny_cpu"
     told = make_recipe("tiny_cpu", "d", {"registered_model": "saccade"})
     assert told.registered_model == "saccade"
+
+
+def test_data_spec_reads_the_layouts_saved_models_carry() -> None:
+    """Checkpoints and registered models store the DataSpec as a dict; older ones lack the later
+    fields (and the first lacked class_parts and label_counts)."""
+    from jobs.training.recipes import DataSpec
+
+    spec = DataSpec(num_classes=3, channels=1, class_names=["a", "b", "c"], label_counts=[0, 1, 2])
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    old = DataSpec.from_dict({"num_classes": 3, "class_names": ["a", "b", "c"], "channels": 1})
+    assert old.class_parts == [] and old.label_counts is None

@@ -7,6 +7,7 @@ by quality without training them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -17,11 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from jobs.core.data import TRAIN_COLUMNS
 from jobs.core.packaging import log_and_register
 from jobs.store import ensure_experiment, tracking_uri
-from jobs.training.recipes import build_model, make_recipe
+from jobs.training.recipes import DataSpec, build_model, make_recipe
 from pipelines.integrity import DIGEST_COLUMN, digest_of, split_digest
+from pipelines.schema import TRAIN_COLUMNS
 from pipelines.storage import DatasetVersion, Staging, write_parquet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,11 +39,7 @@ def register_constant_model(
     version = DatasetVersion.open(dataset)
     manifest = version.manifest
     config = make_recipe("tiny_cpu", dataset, overrides or {})
-    data = {
-        "num_classes": int(manifest["num_classes"]),
-        "class_names": list(manifest["class_names"]),
-        "channels": 1,
-    }
+    data = DataSpec.of(manifest, channels=1)
     torch.manual_seed(0)
     model = build_model(config, data)
     last = model.classifier[-1]
@@ -50,7 +47,7 @@ def register_constant_model(
         last.weight.zero_()
         last.bias.fill_(-10.0)
         last.bias[answer] = 10.0
-    state = {"model": model.state_dict(), "train": config.to_dict(), "data": data}
+    state = {"model": model.state_dict(), "train": config.to_dict(), "data": data.to_dict()}
     client = MlflowClient(tracking_uri())
     run = client.create_run(ensure_experiment("ops-tests"), run_name=f"{name} answers {answer}")
     example = version.read_head("test", 2, columns=TRAIN_COLUMNS)
@@ -78,8 +75,13 @@ def derived_dataset(source: str, root: Path, *, splits: tuple[str, ...]) -> str:
         counts[split] = table.num_rows
         # The rows keep their stored digests; the split's digest is over this version's files.
         digests[split] = split_digest({SHARD: digest_of(table.column(DIGEST_COLUMN).to_pylist())})
-    manifest = {**version.manifest, "counts": counts, "data_digests": digests}
-    staging.publish({**manifest, "derived_from": source})
+    derived = dataclasses.replace(
+        version.manifest,
+        counts=counts,
+        data_digests=digests,
+        extra={**version.manifest.extra, "derived_from": source},
+    )
+    staging.publish(derived)
     return str(root / "v0001")
 
 

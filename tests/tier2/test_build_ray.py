@@ -38,9 +38,9 @@ def _check_version(url: str) -> None:
     """Read a published version back and check it against the contract and its manifest."""
     version = DatasetVersion.open(url)
     manifest = version.manifest
-    assert manifest["counts"] == COUNTS
-    assert manifest["rejects"] == 0
-    assert manifest["num_classes"] == 55 and len(manifest["class_names"]) == 55
+    assert manifest.counts == COUNTS
+    assert manifest.rejects == 0
+    assert manifest.num_classes == 55 and len(manifest.class_names) == 55
     for split, n in COUNTS.items():
         table = version.read(split)
         validate_schema(table.schema)
@@ -54,7 +54,7 @@ def _check_version(url: str) -> None:
     assert np.array_equal(read_region(tiled, (50, 60, 130, 150)), full[50:130, 60:150])
     assert len(row["boxes"]) == 2  # both digits' ground-truth boxes
     assert decode_proxy(row["proxy"]).shape == (row["proxy_height"], row["proxy_width"], 1)
-    assert row["label_name"] == manifest["class_names"][row["label"]]
+    assert row["label_name"] == manifest.class_names[row["label"]]
 
 
 def test_build_to_local_directory(ray_cluster: str, tmp_path: Path) -> None:

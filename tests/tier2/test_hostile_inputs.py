@@ -68,7 +68,7 @@ def _rejects(url: str) -> dict[str, str]:
 
 def _assert_built(url: str) -> None:
     version = DatasetVersion.open(url)
-    assert sum(version.manifest["counts"].values()) == 6  # the six photos
+    assert sum(version.manifest.counts.values()) == 6  # the six photos
     rejects = _rejects(url)
     assert rejects == {
         FIFO: "not a regular file: a FIFO",

@@ -199,9 +199,9 @@ def test_a_build_that_loses_its_worker_node_publishes_whole_or_nothing(
         return
     assert _published(root) == ["v0001"]
     version = DatasetVersion.open(str(root / "v0001"))
-    stored = {split: version.read(split, ["image_id"]) for split in version.manifest["counts"]}
-    assert version.manifest["counts"] == {s: t.num_rows for s, t in stored.items()}
-    assert version.manifest["counts"] == {"train": 120, "val": 8, "test": 8}
+    stored = {split: version.read(split, ["image_id"]) for split in version.manifest.counts}
+    assert version.manifest.counts == {s: t.num_rows for s, t in stored.items()}
+    assert version.manifest.counts == {"train": 120, "val": 8, "test": 8}
     ids = [i for t in stored.values() for i in t.column("image_id").to_pylist()]
     assert len(ids) == len(set(ids)), "a retried task stored some rows twice"
     verify = subprocess.run(

@@ -12,8 +12,9 @@ from ops_support import register_constant_model
 from PIL import Image
 
 from jobs import predict, store
-from jobs.core.data import TRAIN_COLUMNS, table_to_batch
+from jobs.core.data import table_to_batch
 from jobs.ops.prediction import PREDICTION_SCHEMA
+from pipelines.schema import TRAIN_COLUMNS
 from pipelines.storage import DatasetVersion
 
 pytestmark = pytest.mark.tier2
@@ -54,7 +55,7 @@ def test_predict_raw_images_with_the_champion(
     assert sorted(rows) == sorted([*refs, "notes.txt"])
     assert "cannot decode image" in rows["notes.txt"]["error"]
     assert rows["notes.txt"]["label"] is None
-    names = DatasetVersion.open(tiny_dataset).manifest["class_names"]
+    names = DatasetVersion.open(tiny_dataset).manifest.class_names
     for ref in refs:
         row = rows[ref]
         assert row["error"] is None and row["path"] == str(folder / ref)

@@ -65,7 +65,7 @@ def test_regeneration_skips_publishes_and_survives_a_failed_publish(
     assert first is not None and first["version"] == "v0001"
     manifest = DatasetVersion.open(f"{cm}/v0001").manifest
     # For a generated source the content hash is the manifest's own input hash.
-    assert first["content_hash"] == manifest["input_hash"] == first["input_hash"]
+    assert first["content_hash"] == manifest.input_hash == first["input_hash"]
 
     # The same spec again: nothing is built, nothing moves.
     assert regenerate.main(["--spec", spec]) == 0
@@ -76,7 +76,7 @@ def test_regeneration_skips_publishes_and_survives_a_failed_publish(
     spec = _write_spec(tmp_path / "spec.json", root, size=160)
     assert regenerate.main(["--spec", spec]) == 0
     assert read_latest(cm)["version"] == "v0002"
-    assert DatasetVersion.open(f"{cm}/v0002").manifest["params"]["original_size"] == 160
+    assert DatasetVersion.open(f"{cm}/v0002").manifest.params["original_size"] == 160
 
     # Changed again, but the publish of `cm` dies after moving its files, before the manifest
     # (the worst moment on S3). A second dataset in the same spec is still built.

@@ -21,7 +21,6 @@ from jobs.core.data import read_split
 from pipelines.build import BuildConfig, build_dataset
 from pipelines.codec import decode_full
 from pipelines.schema import validate_schema
-from pipelines.sources import label_counts
 from pipelines.storage import DatasetVersion, filesystem
 from pipelines.street_signs import SPEED_LIMITS
 from pipelines.tiling import decode_proxy
@@ -33,10 +32,10 @@ REPLAYS = Path(__file__).resolve().parents[3] / "shared" / "data" / "sc2"
 def _rows(url: str) -> tuple[DatasetVersion, list[dict]]:
     version = DatasetVersion.open(url)
     rows = []
-    for split in version.manifest["counts"]:
+    for split in version.manifest.counts:
         table = version.read(split)
         validate_schema(table.schema)
-        assert table.num_rows == version.manifest["counts"][split]
+        assert table.num_rows == version.manifest.counts[split]
         rows += table.to_pylist()
     return version, rows
 
@@ -73,12 +72,12 @@ def test_dslr_from_a_bucket(ray_cluster: str, s3_endpoint: str, tmp_path: Path) 
     )
     assert summary.rows == {"train": 3, "test": 1} and summary.rejects == 2
     version, rows = _rows(summary.url)
-    assert version.manifest["class_names"] == ["cat", "dog"]
-    assert version.manifest["inputs"]["files"] == len(files)
+    assert version.manifest.class_names == ["cat", "dog"]
+    assert version.manifest.inputs["files"] == len(files)
     for row in rows:
         meta = json.loads(row["meta"])
         assert row["label_name"] == meta["path"].split("/")[1]
-        assert row["label"] == version.manifest["class_names"].index(row["label_name"])
+        assert row["label"] == version.manifest.class_names.index(row["label_name"])
         assert (row["height"], row["width"], row["channels"]) == (240, 320, 3)
         assert row["tile_format"] == "jpeg" and row["boxes"] == []
     rejects = {r["ref"]: r["reason"] for r in version.read_rejects().to_pylist()}
@@ -100,7 +99,7 @@ def test_street_signs(ray_cluster: str, tmp_path: Path) -> None:
     )
     version, rows = _rows(summary.url)
     assert summary.rows == {"train": 3, "val": 1} and summary.rejects == 0
-    assert version.manifest["num_classes"] == len(SPEED_LIMITS)
+    assert version.manifest.num_classes == len(SPEED_LIMITS)
     for row in rows:
         [box] = row["boxes"]
         assert box["cls"] == row["label"] and row["label_name"] == str(SPEED_LIMITS[row["label"]])
@@ -128,8 +127,8 @@ def test_sc2_sim(ray_cluster: str, tmp_path: Path) -> None:
         progress=lambda _: None,
     )
     version, rows = _rows(summary.url)
-    assert summary.rejects == 0 and version.manifest["num_classes"] == 23
-    assert label_counts(version.manifest) == list(range(23))  # a count: evaluation scores errors
+    assert summary.rejects == 0 and version.manifest.num_classes == 23
+    assert version.manifest.label_counts == list(range(23))  # a count: evaluation scores errors
     for row in rows:
         assert row["tile_format"] == "png" and (row["height"], row["width"]) == (192, 192)
         assert len(row["boxes"]) == row["label"] and all(b["cls"] == 0 for b in row["boxes"])
@@ -151,9 +150,9 @@ def test_sc2_replays(ray_cluster: str, tmp_path: Path) -> None:
     rejects = version.read_rejects().to_pylist()
     # README.md in the folder is an input too: it is rejected, not skipped.
     assert any(r["ref"] == '{"replay": "README.md"}' for r in rejects)
-    assert sum(summary.rows.values()) + summary.rejects == version.manifest["inputs"]["scenes"]
-    assert version.manifest["inputs"]["replays"] == 4
-    assert version.manifest["label_kind"] == "count"
+    assert sum(summary.rows.values()) + summary.rejects == version.manifest.inputs["scenes"]
+    assert version.manifest.inputs["replays"] == 4
+    assert version.manifest.label_kind == "count"
     assert rows and all(len(r["boxes"]) == r["label"] <= 22 for r in rows)
     splits = {}
     for row in rows:  # all scenes of one replay share a split

@@ -112,7 +112,7 @@ def test_train_registers_a_model_that_loads_and_predicts(
     assert 0 <= report.metrics["test/accuracy"] <= 1
     assert 0 <= report.metrics["test/hit_rate"] <= 1
     assert report.metrics["test/latency_ms"] > 0
-    names = DatasetVersion.open(tiny_dataset).manifest["class_names"]
+    names = DatasetVersion.open(tiny_dataset).manifest.class_names
     test_labels = DatasetVersion.open(tiny_dataset).read("test", ["label_name"])
     # One entry per class present in the test split, named as in the manifest.
     assert set(report.per_class) == set(test_labels.column("label_name").to_pylist())
@@ -167,7 +167,7 @@ def test_train_images_caps_what_each_epoch_reads(
     request = _request(tiny_dataset, tmp_path, "capped", epochs="1", train_images="8")
     outcome = train(request)
     assert outcome.metrics["train/images"] == 8
-    total = DatasetVersion.open(tiny_dataset).manifest["counts"]["train"]
+    total = DatasetVersion.open(tiny_dataset).manifest.counts["train"]
     assert total > 8  # the cap, not the split, stopped the epoch
 
 
