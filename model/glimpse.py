@@ -130,16 +130,10 @@ def latent_to_boxes(
     are smooth with non-zero derivatives everywhere: no clamp cuts the gradient (the reference
     clamped the scale with a max(), which zeroed its gradient most of the time).
     """
-    sizes_B2 = sizes_tensor(sizes, z_B3)
-    side_B = min_fraction + (max_fraction - min_fraction) * torch.sigmoid(z_B3[:, 0])
-    shorter_B = sizes_B2.min(dim=1).values
-    side_h_B = side_B * shorter_B / sizes_B2[:, 0]  # fraction of the height
-    side_w_B = side_B * shorter_B / sizes_B2[:, 1]  # fraction of the width
+    side_h_B, side_w_B = _box_sides(z_B3, sizes, min_fraction, max_fraction)
     cx_B = 0.5 + (0.5 - side_w_B / 2) * torch.tanh(z_B3[:, 1])
     cy_B = 0.5 + (0.5 - side_h_B / 2) * torch.tanh(z_B3[:, 2])
-    return torch.stack(
-        [cy_B - side_h_B / 2, cx_B - side_w_B / 2, cy_B + side_h_B / 2, cx_B + side_w_B / 2], dim=1
-    )
+    return _centred_on(cy_B, cx_B, side_h_B, side_w_B)
 
 
 def centre_to_boxes(
@@ -152,13 +146,27 @@ def centre_to_boxes(
     """Boxes for z = (scale, x, y) whose x, y in [−1, 1] are the wanted centre itself (the
     heat-map locator's grid cells), not a tanh pre-image: the side as in `latent_to_boxes`, the
     centre clamped so the box stays inside the image."""
+    side_h_B, side_w_B = _box_sides(z_B3, sizes, min_fraction, max_fraction)
+    cx_B = torch.minimum(torch.maximum((z_B3[:, 1] + 1) / 2, side_w_B / 2), 1 - side_w_B / 2)
+    cy_B = torch.minimum(torch.maximum((z_B3[:, 2] + 1) / 2, side_h_B / 2), 1 - side_h_B / 2)
+    return _centred_on(cy_B, cx_B, side_h_B, side_w_B)
+
+
+def _box_sides(
+    z_B3: torch.Tensor, sizes: list[tuple[int, int]], min_fraction: float, max_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box's sides as fractions of the height and of the width: z's scale sets the side as a
+    fraction of the shorter image side, min + (max − min)·sigmoid(scale)."""
     sizes_B2 = sizes_tensor(sizes, z_B3)
     side_B = min_fraction + (max_fraction - min_fraction) * torch.sigmoid(z_B3[:, 0])
     shorter_B = sizes_B2.min(dim=1).values
-    side_h_B = side_B * shorter_B / sizes_B2[:, 0]
-    side_w_B = side_B * shorter_B / sizes_B2[:, 1]
-    cx_B = torch.minimum(torch.maximum((z_B3[:, 1] + 1) / 2, side_w_B / 2), 1 - side_w_B / 2)
-    cy_B = torch.minimum(torch.maximum((z_B3[:, 2] + 1) / 2, side_h_B / 2), 1 - side_h_B / 2)
+    return side_B * shorter_B / sizes_B2[:, 0], side_B * shorter_B / sizes_B2[:, 1]
+
+
+def _centred_on(
+    cy_B: torch.Tensor, cx_B: torch.Tensor, side_h_B: torch.Tensor, side_w_B: torch.Tensor
+) -> torch.Tensor:
+    """Normalised (y0, x0, y1, x1) boxes of these sides around these centres."""
     return torch.stack(
         [cy_B - side_h_B / 2, cx_B - side_w_B / 2, cy_B + side_h_B / 2, cx_B + side_w_B / 2], dim=1
     )

@@ -15,6 +15,7 @@ H height, W width (proxy side P), N glimpse window side, 3 = z = (scale, x, y),
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -359,20 +360,20 @@ class Saccader(BatchClassifier):
         cfg = self.config
         f_BL = self.proxy_encoder(resize_square(proxy_BCHW, cfg.proxy_size))
         state = self._initial_state(f_BL)
-        scene = self._scene(proxy_BCHW, reader)
-        a, recon, steps = [], [], []
-        for _ in range(cfg.glimpses):
-            h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
-            visited = [s.boxes_B4 for s in steps]
-            where = self._locate(
-                f_BL,
-                h_BL,
-                scene,
-                visited,
-                sample=sample,
+        # The one choice of locator: each returns a `_Location` per glimpse.
+        if self.heatmap is None:  # the paper's: z = (scale, x, y) from the Gaussian posterior
+            locate = functools.partial(self._locate_gaussian, sizes=reader.image_sizes())
+        else:  # a cell of the proxy's heat map, then the Gaussian's scale (and offset)
+            locate = functools.partial(
+                self._locate_heatmap,
+                scene=self._scene(proxy_BCHW, reader),
                 guide_BG=guide_BG,
                 guide_uniform=guide_uniform,
             )
+        a, recon, steps = [], [], []
+        for _ in range(cfg.glimpses):
+            h_BL = state[0].mean(dim=0)  # h̄_{t−1}: mean over the LSTM layers
+            where: _Location = locate(f_BL, h_BL, [s.boxes_B4 for s in steps], sample=sample)
             g_BL = self.glimpse_encoder(
                 read_glimpses(
                     reader,
@@ -389,11 +390,18 @@ class Saccader(BatchClassifier):
             core_in = [f_BL, e_BL, g_BL] if cfg.feed_glimpse else [f_BL, e_BL]
             _, state = self.core(torch.cat(core_in, dim=1).unsqueeze(1), state)
             steps.append(where)
-        a_BTL = torch.stack(a, dim=1)
+        return self._output(torch.stack(a, dim=1), steps, recon)
+
+    def _output(
+        self, a_BTL: torch.Tensor, steps: list[_Location], recon: list[torch.Tensor]
+    ) -> SaccaderOutput:
+        """The glimpses' features classified, and the steps' records stacked over T."""
+        cfg = self.config
         heads = (self.part_head, self.glimpse_classifier, self.classifier)
         head = next(h for h in heads if h is not None)
-        B = proxy_BCHW.shape[0]
+        B = a_BTL.shape[0]
         pooled_BX = a_BTL.flatten(1) if cfg.classifier_input == "concat" else a_BTL.mean(dim=1)
+        log_q_BG = [s.log_q_BG for s in steps]
         return SaccaderOutput(
             logits_BK=self.classifier(pooled_BX),
             glimpse_logits_BTK=head(a_BTL),
@@ -404,18 +412,15 @@ class Saccader(BatchClassifier):
             recon_BTCHW=torch.stack(recon, dim=1).view(
                 B, cfg.glimpses, cfg.proxy_channels, cfg.proxy_size, cfg.proxy_size
             )
-            if reconstruct
+            if recon
             else None,
-            log_q_BTG=torch.stack([s.log_q_BG for s in steps], dim=1)
-            if self.heatmap is not None
-            else None,
+            log_q_BTG=None if log_q_BG[0] is None else torch.stack(log_q_BG, dim=1),
         )
 
     def _scene(self, proxy_BCHW: torch.Tensor, reader: RegionReader) -> _Scene:
-        """What every glimpse step reads: the image sizes and, once per image, the heat map's
+        """What every heat-map step reads: the image sizes and, once per image, the heat map's
         keys and brightness."""
-        if self.heatmap is None:
-            return _Scene(sizes=reader.image_sizes())
+        assert self.heatmap is not None
         scene = _Scene(sizes=reader.image_sizes(), keys_BGL=self.heatmap.keys_of(proxy_BCHW))
         # brightness only where it is used: the prior, or the refined box centres
         if self.heatmap.saliency is not None or self.config.heatmap_refine:
@@ -448,30 +453,44 @@ class Saccader(BatchClassifier):
             log_q_B3=-0.5 * (eps_B3**2 + logvar_B3 + math.log(2 * math.pi)),
         )
 
-    def _locate(
+    def _sides(self) -> dict[str, float]:
+        """The box sides' range: the config's, or in training a curriculum's."""
+        lo, hi = self.config.min_image_fraction, self.config.max_image_fraction
+        if self.training and self._training_sides is not None:
+            lo, hi = self._training_sides
+        return {"min_fraction": lo, "max_fraction": hi}
+
+    def _locate_gaussian(
         self,
         f_BL: torch.Tensor,
         h_BL: torch.Tensor,
-        scene: _Scene,
         visited: list[torch.Tensor],
         *,
         sample: bool,
+        sizes: list[tuple[int, int]],
+    ) -> _Location:
+        """The paper's locator: z = (scale, x, y) from the Gaussian posterior q(z | f, h̄); no
+        inhibition of return (`visited` is unused)."""
+        z = self._gaussian(torch.cat([f_BL, h_BL], dim=1), h_BL, sample=sample)
+        boxes_B4 = latent_to_boxes(z.z_B3, sizes, **self._sides())
+        return _Location(z.z_B3, boxes_B4, z.kl_B3.sum(dim=1), z.log_q_B3.sum(dim=1))
+
+    def _locate_heatmap(
+        self,
+        f_BL: torch.Tensor,
+        h_BL: torch.Tensor,
+        visited: list[torch.Tensor],
+        *,
+        sample: bool,
+        scene: _Scene,
         guide_BG: torch.Tensor | None = None,
         guide_uniform: bool = False,
     ) -> _Location:
-        """Where glimpse t looks. The paper's locator: z = (scale, x, y) from the Gaussian
-        posterior. The heat map: a cell from the categorical posterior, then the Gaussian's
-        scale and (with `heatmap_offset`) its x, y as an offset of up to half a cell."""
+        """A cell from the categorical posterior over the heat map, then the Gaussian's scale
+        and (with `heatmap_offset`) its x, y as an offset of up to half a cell. Its KL is the
+        cell's plus the Gaussian parts it uses."""
         cfg = self.config
-        lo, hi = cfg.min_image_fraction, cfg.max_image_fraction
-        if self.training and self._training_sides is not None:
-            lo, hi = self._training_sides
-        sides = {"min_fraction": lo, "max_fraction": hi}
-        if self.heatmap is None:
-            z = self._gaussian(torch.cat([f_BL, h_BL], dim=1), h_BL, sample=sample)
-            boxes_B4 = latent_to_boxes(z.z_B3, scene.sizes, **sides)
-            return _Location(z.z_B3, boxes_B4, z.kl_B3.sum(dim=1), z.log_q_B3.sum(dim=1))
-        assert scene.keys_BGL is not None
+        assert self.heatmap is not None and scene.keys_BGL is not None
         log_q_BG, log_p_BG = self.heatmap.logits(
             scene.keys_BGL,
             h_BL,
@@ -497,7 +516,7 @@ class Saccader(BatchClassifier):
             centre_B2 = centre_B2 + torch.tanh(z.z_B3[:, 1:]) * (1 / self.heatmap.grid)
             kl_B = kl_B + z.kl_B3[:, 1:].sum(dim=1)
         z_B3 = torch.cat([z.z_B3[:, :1], centre_B2], dim=1)
-        boxes_B4 = centre_to_boxes(z_B3, scene.sizes, **sides)
+        boxes_B4 = centre_to_boxes(z_B3, scene.sizes, **self._sides())
         return _Location(z_B3, boxes_B4, kl_B, cell.log_q_B, log_q_BG)
 
     def loss(self, batch: Batch, objective: ObjectiveConfig) -> LossParts:
