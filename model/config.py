@@ -35,7 +35,9 @@ class SaccaderConfig:
     num_classes: int  # K: classes of the label
     in_channels: int  # channels of the original image, hence of the glimpses
     proxy_channels: int | None = None  # channels of the proxy x̃; None: the same as in_channels
-    latent: int = 256  # L: width of the LSTM core, the encoders' outputs and the MLPs
+    # L: width of the LSTM core's hidden state, the encoders' outputs and the MLPs (z, the
+    # location latent, is 3 numbers)
+    hidden: int = 256
     glimpses: int = 4  # T: glimpses per image (6 in the paper's StarCraft II runs)
     window: int = 64  # W: side of the square glimpse window, in pixels
     min_image_fraction: float = 0.05  # smallest box side, a fraction of the shorter image side
@@ -97,10 +99,10 @@ class SaccaderConfig:
     # Per class, the classes a single glimpse may name (its "parts"): e.g. a two-digit pair's
     # two digits. Empty: the class itself. Sets the per-glimpse head's targets (auxiliary and
     # score-function terms; model/loss.py), since one glimpse of a pair sees one digit.
-    part_classes: tuple[tuple[int, ...], ...] = ()
+    class_parts: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_positive(self, "num_classes", "in_channels", "latent", "glimpses", "window")
+        _check_positive(self, "num_classes", "in_channels", "hidden", "glimpses", "window")
         _check_positive(self, "proxy_size", "encoder_width")
         _check_blocks(self, self.encoder_blocks)
         if self.proxy_channels is None:
@@ -122,15 +124,15 @@ class SaccaderConfig:
             )
         if self.locator not in LOCATORS:
             raise ValueError(f"unknown locator {self.locator!r}; use one of {LOCATORS}")
-        self.part_classes = tuple(tuple(int(p) for p in parts) for parts in self.part_classes)
-        if self.part_classes and (
-            len(self.part_classes) != self.num_classes
-            or min(map(len, self.part_classes)) < 1
-            or min(min(p) for p in self.part_classes) < 0
+        self.class_parts = tuple(tuple(int(p) for p in parts) for parts in self.class_parts)
+        if self.class_parts and (
+            len(self.class_parts) != self.num_classes
+            or min(map(len, self.class_parts)) < 1
+            or min(min(p) for p in self.class_parts) < 0
         ):
             raise ValueError(
-                f"part_classes needs one non-empty tuple of part indices >= 0 per class "
-                f"({self.num_classes}), got {len(self.part_classes)}"
+                f"class_parts needs one non-empty tuple of part indices >= 0 per class "
+                f"({self.num_classes}), got {len(self.class_parts)}"
             )
         if self.pooled_level not in POOLED_LEVELS:
             raise ValueError(

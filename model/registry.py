@@ -8,6 +8,7 @@ the same models shrunk to run in seconds on a CPU (what the tests use); tests pa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ class Variant:
 
 
 _TINY_SACCADER = {
-    "latent": 16,
+    "hidden": 16,
     "window": 8,
     "proxy_size": 16,
     "encoder_width": 4,
@@ -86,8 +87,19 @@ def variant_settings(name: str) -> dict[str, Any]:
     return dict(_variant(name).defaults)
 
 
+# Settings renamed since models were first saved: checkpoints and registered models keep the
+# names of their day, read here under the current ones.
+RENAMED_SETTINGS = {"latent": "hidden", "part_classes": "class_parts"}
+
+
+def current_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`cfg` with any renamed setting under its current name."""
+    return {RENAMED_SETTINGS.get(key, key): value for key, value in cfg.items()}
+
+
 def model_config(name: str, **cfg: Any) -> Any:
     """The config `create_model(name, **cfg)` would use (for logging a run's parameters)."""
+    cfg = current_settings(cfg)
     variant = _variant(name)
     fields = dataclasses.fields(variant.config)
     known = {f.name for f in fields}

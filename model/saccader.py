@@ -8,7 +8,7 @@ classify (a_t from [h̄_{t−1}, g_t]); the LSTM core then steps on [f, φ_z(z_t
 `feed_glimpse`). The logits come from the mean of the a_t; a proxy decoder on [φ_z(z_t), h̄_{t−1}]
 reconstructs the proxy (the VAE half).
 
-Shape legend: B batch, T glimpses, K classes, L latent width, S LSTM layers, C channels,
+Shape legend: B batch, T glimpses, K classes, L hidden width, S LSTM layers, C channels,
 H height, W width (proxy side P), N glimpse window side, 3 = z = (scale, x, y),
 4 = a normalised box (y0, x0, y1, x1), G = grid cells of the heat-map locator.
 """
@@ -46,7 +46,7 @@ class SaccaderOutput:
     """Everything one forward pass produces; the loss and the evaluation pick what they need."""
 
     logits_BK: torch.Tensor  # from the per-glimpse features a_t (their mean, or concatenated)
-    # the same head on each a_t alone (auxiliary loss), or the part head (config.part_classes)
+    # the same head on each a_t alone (auxiliary loss), or the part head (config.class_parts)
     glimpse_logits_BTK: torch.Tensor
     boxes_BT4: torch.Tensor  # where each glimpse looked
     z_BT3: torch.Tensor  # the latents used (samples in training, posterior means at inference)
@@ -122,7 +122,7 @@ class HeatmapLocator(nn.Module):
     def __init__(
         self,
         proxy_channels: int,
-        latent: int,
+        hidden: int,
         width: int,
         size: int,
         stride: int,
@@ -132,12 +132,12 @@ class HeatmapLocator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(proxy_channels + 2, width, 3, padding=1), nn.ELU()]
         for _ in range(int(math.log2(stride))):
             layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ELU()]
-        layers.append(nn.Conv2d(width, latent, 1))
+        layers.append(nn.Conv2d(width, hidden, 1))
         self.keys = nn.Sequential(*layers)
-        self.query = nn.Linear(latent, latent)
+        self.query = nn.Linear(hidden, hidden)
         self.size, self.stride = size, stride
         self.grid = math.ceil(size / stride)
-        self.prior = nn.Linear(latent, self.grid**2)  # p(cell | h̄): no proxy, as the paper's prior
+        self.prior = nn.Linear(hidden, self.grid**2)  # p(cell | h̄): no proxy, as the paper's prior
         self.saliency: nn.Parameter | None = None
         if saliency > 0:
             self.saliency = nn.Parameter(torch.tensor(float(saliency)))
@@ -278,7 +278,7 @@ class Saccader(BatchClassifier):
         super().__init__()
         self.config = config
         self._training_sides: tuple[float, float] | None = None  # set_training_sides
-        L, P, C_proxy = config.latent, config.proxy_size, config.proxy_channels
+        L, P, C_proxy = config.hidden, config.proxy_size, config.proxy_channels
         encoder = {"width": config.encoder_width, "blocks": list(config.encoder_blocks)}
         self.proxy_encoder = SmallResNet(C_proxy, L, **encoder)  # φ_x
         # The glimpse encoder sees T very different steps (later glimpses are often background):
@@ -316,14 +316,14 @@ class Saccader(BatchClassifier):
         # The per-glimpse head (auxiliary and score terms) reads one a_t: the classifier itself
         # when it reads their mean, a head of its own when it reads them concatenated.
         self.glimpse_classifier = (
-            mlp(L, L, config.num_classes) if concat and not config.part_classes else None
+            mlp(L, L, config.num_classes) if concat and not config.class_parts else None
         )
         self.part_head: nn.Module | None = None
-        if config.part_classes:
-            n_parts = 1 + max(max(p) for p in config.part_classes)
+        if config.class_parts:
+            n_parts = 1 + max(max(p) for p in config.class_parts)
             self.part_head = mlp(L, L, n_parts)
             mask_KP = torch.zeros(config.num_classes, n_parts, dtype=torch.bool)
-            for k, parts in enumerate(config.part_classes):
+            for k, parts in enumerate(config.class_parts):
                 mask_KP[k, list(parts)] = True
             self.register_buffer("part_mask_KP", mask_KP, persistent=False)
         with torch.no_grad():
@@ -431,7 +431,7 @@ class Saccader(BatchClassifier):
 
     def _initial_state(self, f_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LSTM (h, c), each S×B×L: zeros, plus N(0, σ²) noise in training (the reference's)."""
-        h_SBL = f_BL.new_zeros(LSTM_LAYERS, f_BL.shape[0], self.config.latent)
+        h_SBL = f_BL.new_zeros(LSTM_LAYERS, f_BL.shape[0], self.config.hidden)
         c_SBL = torch.zeros_like(h_SBL)
         if self.training and self.config.init_noise > 0:
             h_SBL = h_SBL + self.config.init_noise * torch.randn_like(h_SBL)
@@ -550,7 +550,7 @@ class Saccader(BatchClassifier):
             if batch.gt_boxes is None or self.part_head is not None:
                 raise ValueError(
                     "glimpse_counts needs object boxes in the dataset (its `boxes`) and the "
-                    "label's classes as glimpse classes (no part_classes)"
+                    "label's classes as glimpse classes (no class_parts)"
                 )
             targets_BK = count_targets(out.boxes_BT4, batch.gt_boxes, targets_BK.shape[1])
         return saccader_objective(

@@ -534,7 +534,7 @@ def plan_photos(
 ) -> StagingPlan:
     """The build's plan for a photo folder: listing → hash the possible duplicates (Ray) →
     duplicates (driver) → tile (Ray)."""
-    import ray
+    import ray  # only the composition needs Ray; the stages do not
 
     items, class_names = list_photos(cfg)
     to_hash, rest = hash_candidates(items)

@@ -95,7 +95,7 @@ def cluttered_class_names(task: str) -> list[str]:
 
 
 def cluttered_part_classes(task: str) -> tuple[tuple[int, ...], ...]:
-    """Per class, the digits a glimpse of one digit may show (``SaccaderConfig.part_classes``):
+    """Per class, the digits a glimpse of one digit may show (``SaccaderConfig.class_parts``):
     a pair's two digits, a single digit itself; a sum has no such parts (empty)."""
     names = cluttered_class_names(task)
     if task == "sum":

@@ -115,7 +115,7 @@ def train_reader(args: argparse.Namespace, say: Any) -> list[dict[str, float]]:
     x_train, y_train = centred_glimpses(args.dataset, "train", *read)
     x_test, y_test = centred_glimpses(args.dataset, "test", *read)
     say(f"glimpses: {len(x_train)} train, {len(x_test)} test; {window}-px window")
-    head = nn.Sequential(nn.ELU(), nn.Linear(config.latent, classes))
+    head = nn.Sequential(nn.ELU(), nn.Linear(config.hidden, classes))
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=lr)
     kept = torch.randint(0, 2 * margin + 1, (len(x_train), 2))  # --shift fixed
     centre = torch.full((len(x_test), 2), margin)

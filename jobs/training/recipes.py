@@ -16,7 +16,7 @@ from typing import Any
 
 from model.interface import BatchClassifier
 from model.loss import ObjectiveConfig
-from model.registry import config_type, create_model, variant_settings
+from model.registry import config_type, create_model, current_settings, variant_settings
 from pipelines.schema import Manifest
 
 
@@ -65,8 +65,8 @@ class TrainConfig:
     # the loss: the bound's kind and weights, and the training-only terms that are not the
     # paper's (location from boxes, per-glimpse object targets, guided glimpses)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    # saccader: per-glimpse targets are the label's object classes from the dataset's manifest
-    # (`class_parts`: a pair's two digits), not the label (SaccaderConfig.part_classes)
+    # saccader: each glimpse's targets are its class's object classes (the manifest's
+    # `class_parts`, e.g. a pair's two digits, into SaccaderConfig.class_parts), not the label
     glimpse_parts: bool = False
     curriculum_steps: int = 0  # box sides shrink from curriculum_start to the model's over these
     curriculum_start: float = 0.6  # box side (fraction of the image side) at epoch 1
@@ -150,7 +150,7 @@ class TrainConfig:
                     "(its classes have no object parts, e.g. a digit sum): --set "
                     "glimpse_parts=false"
                 )
-            settings["part_classes"] = data.class_parts
+            settings["class_parts"] = data.class_parts
         return settings
 
     def images_per_epoch(self, split_images: int) -> int:
@@ -190,6 +190,7 @@ def _typed_model_settings(model: str, settings: Mapping[str, Any]) -> dict[str, 
     """`settings` checked against the fields of `model`'s config dataclass: unknown names and
     values of another type are refused (ints pass as floats, lists as tuples, e.g. from JSON)."""
     types = model_setting_types(model)
+    settings = current_settings(settings)
     unknown = sorted(set(settings) - set(types))
     if unknown:
         raise ValueError(f"unknown {model} settings {unknown}; known: {sorted(types)}")
@@ -253,7 +254,7 @@ CLASSIFIER_ONLY = {
 
 
 # The CPU recipes' saccader network: what `python -m jobs.benchmark localize` measured it with
-SMALL_SACCADER = {"latent": 64, "window": 32, "encoder_width": 16, "encoder_blocks": (1, 1, 1)}
+SMALL_SACCADER = {"hidden": 64, "window": 32, "encoder_width": 16, "encoder_blocks": (1, 1, 1)}
 
 
 def tiny_cpu(dataset: str) -> TrainConfig:
@@ -322,7 +323,7 @@ def _paper_scale_gpu(dataset: str, sizes: dict[str, Any], parts: bool) -> TrainC
         model="saccader",
         model_cfg={
             **sizes,
-            "latent": 256,
+            "hidden": 256,
             "window": 64,
             "locator": "heatmap",
             "heatmap_stride": 4,

@@ -284,7 +284,7 @@ def plan_replays(
 ) -> StagingPlan:
     """The build's plan for a folder of replays: listing → parse (Ray, one task per replay) →
     render (Ray)."""
-    import ray
+    import ray  # only the composition needs Ray; the stages do not
 
     items = list_replays(cfg)
     params = dataclasses.asdict(cfg)

@@ -123,7 +123,7 @@ BAD_SETTINGS = [
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.inhibit_return=2", "'2'"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.num_classes=3", "num_classes=3"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.in_channels=3", "in_channels=3"),
-    ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.part_classes=1", "part_classes"),
+    ("train", "--recipe tiny_cpu --dataset {ds} --set model_cfg.class_parts=1", "class_parts"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set glimpse_parts=true", "glimpse_parts"),
     ("train", "--recipe tiny_cpu --dataset {ds} --set registered_model=", "registered_model"),
     ("build_dataset", "--source cluttered_mnist --out {tmp}/o --set original_size=50", "50"),

@@ -43,7 +43,7 @@ def test_pair_parts_are_the_two_digits() -> None:
 
 def test_saccader_with_parts_trains_a_part_head() -> None:
     parts = cluttered_part_classes("pair")
-    model = create_model("saccader_heatmap_test", num_classes=55, in_channels=1, part_classes=parts)
+    model = create_model("saccader_heatmap_test", num_classes=55, in_channels=1, class_parts=parts)
     proxy = torch.rand(3, 1, 16, 16)
     batch = Batch(
         proxy_BCHW=proxy,
@@ -61,8 +61,8 @@ def test_saccader_with_parts_trains_a_part_head() -> None:
 
 
 def test_bad_parts_are_named() -> None:
-    with pytest.raises(ValueError, match="part_classes needs one non-empty tuple"):
-        create_model("saccader_test", num_classes=3, in_channels=1, part_classes=((0,), (1,)))
+    with pytest.raises(ValueError, match="class_parts needs one non-empty tuple"):
+        create_model("saccader_test", num_classes=3, in_channels=1, class_parts=((0,), (1,)))
 
 
 def test_recipe_asking_for_parts_needs_them_in_the_manifest() -> None:

@@ -34,6 +34,6 @@ def test_the_model_and_its_parts_come_from_the_recipe(task: str) -> None:
     model = localize.build("saccader", args, cfg, classes)
     assert model.config.heatmap_offset and model.config.glimpses == 3  # cluttered_cpu's T
     assert model.config.locator == "heatmap" and model.config.inhibit_return
-    assert len(model.config.part_classes) == classes  # glimpse_parts: each class's digits
+    assert len(model.config.class_parts) == classes  # glimpse_parts: each class's digits
     if task == "pair":
-        assert {len(parts) for parts in model.config.part_classes} == {1, 2}
+        assert {len(parts) for parts in model.config.class_parts} == {1, 2}

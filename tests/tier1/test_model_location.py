@@ -147,7 +147,7 @@ def test_the_concat_classifier_reads_the_glimpses_in_order_and_the_mean_does_not
         model = create_model(
             "saccader_test", num_classes=3, in_channels=1, classifier_input=kind
         ).eval()
-        a_BTL = torch.randn(len(batch.labels_B), model.config.glimpses, model.config.latent)
+        a_BTL = torch.randn(len(batch.labels_B), model.config.glimpses, model.config.hidden)
         pooled = (lambda a: a.flatten(1)) if kind == "concat" else (lambda a: a.mean(dim=1))
         swapped = model.classifier(pooled(a_BTL.flip(1)))
         assert torch.allclose(model.classifier(pooled(a_BTL)), swapped) != order_matters

@@ -221,3 +221,21 @@ def test_eval_step_hit_rate_against_centred_boxes() -> None:
     # image 1 has no object: at most half of the glimpses can hit; centred boxes hit image 0
     assert 0 <= result["hit_rate"] <= 0.5
     assert result["centred_hit_rate"] == 0.5
+
+
+def test_a_config_saved_under_an_old_setting_name_builds_the_same_model() -> None:
+    """Checkpoints and registered models keep their settings' old names (`latent`, now
+    `hidden`; `part_classes`, now `class_parts` as in the manifest): they must rebuild the model
+    their state dict fits."""
+    from jobs.training.recipes import TrainConfig, make_recipe
+
+    new = make_recipe("sc2_cpu", "unused", {})
+    saved = new.to_dict()
+    saved["model_cfg"] = {
+        ("latent" if k == "hidden" else k): v for k, v in saved["model_cfg"].items()
+    }
+    assert "latent" in saved["model_cfg"]
+    assert TrainConfig.from_dict(saved) == new
+    assert create_model("saccader", num_classes=3, in_channels=1, latent=8).config.hidden == 8
+    parts = create_model("saccader", num_classes=2, in_channels=1, part_classes=[[0], [1]])
+    assert parts.config.class_parts == ((0,), (1,))

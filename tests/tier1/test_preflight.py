@@ -49,7 +49,7 @@ def test_tuple_settings_are_comma_separated_ints() -> None:
     with pytest.raises(ValueError, match="encoder_blocks='1,x' is not a valid int tuple"):
         _model_cfg(encoder_blocks="1,x")
     with pytest.raises(ValueError, match="cannot be given on the command line"):
-        _model_cfg(part_classes="1,2")
+        _model_cfg(class_parts="1,2")
 
 
 @pytest.mark.parametrize(
