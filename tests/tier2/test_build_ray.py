@@ -78,7 +78,7 @@ def test_build_is_deterministic(ray_cluster: str, tmp_path: Path) -> None:
         b = DatasetVersion.open(second.url).read(split)
         assert a.equals(b)
     manifests = [DatasetVersion.open(u).manifest for u in (first.url, second.url)]
-    assert manifests[0]["input_hash"] == manifests[1]["input_hash"]
+    assert manifests[0].input_hash == manifests[1].input_hash
 
 
 def test_build_to_s3(ray_cluster: str, s3_endpoint: str) -> None:
