@@ -7,10 +7,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Iterator[None]:
+    """No test leaves MLflow's default artifact folder, ./mlruns, in the checkout: an experiment
+    made without an artifact location puts its runs' files there."""
+    path = Path(REPO_ROOT) / "mlruns"
+    existed = path.exists()
+    yield
+    assert existed or not path.exists(), (
+        f"a test wrote {path}: make its experiment with jobs.store.ensure_experiment (artifacts "
+        "beside the store)"
+    )
 
 
 @pytest.fixture(scope="session")

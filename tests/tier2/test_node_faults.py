@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from ops_support import REPO_ROOT, register_constant_model
 
+from jobs.store import ensure_experiment
 from pipelines.storage import LATEST, MANIFEST, STAGING, DatasetVersion
 
 pytestmark = pytest.mark.tier2
@@ -247,9 +248,9 @@ def test_training_that_loses_its_worker_node_resumes_without_losing_or_repeating
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_uri)
-    # Made here, before the job: the store's tables are created once, not by two processes.
-    if client.get_experiment_by_name("node-faults") is None:
-        client.create_experiment("node-faults")
+    # Made here, before the job: the store's tables are created once, not by two processes;
+    # its artifacts go beside the store (MLflow's default is ./mlruns of this checkout).
+    ensure_experiment("node-faults")
     epochs = 3
     storage = tmp_path / "ckpt"
     job = Job(
