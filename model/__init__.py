@@ -1,5 +1,5 @@
-"""Pure-PyTorch models: the variational saccader, its baselines, the objectives and the registry.
+"""Pure-PyTorch models: the variational saccader, its baselines, objectives and named variants.
 
 Imports only torch (never ray, mlflow, pyarrow or s3fs): tensors in, tensors out, the device
-passed in. Entry points: `model.registry.create_model`, `model.step.train_step` / `eval_step`.
+passed in. Entry points: `model.variants.create_model`, `model.step.train_step` / `eval_step`.
 """

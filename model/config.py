@@ -1,7 +1,7 @@
-"""Typed configuration of every registered model: one keyword-only dataclass per model.
+"""Typed configuration of every model variant: one keyword-only dataclass per model.
 
 Required fields (the label's class count and the original's channels) have no default; the rest
-are the paper's sizes (MODEL.md), which the registry's `*_test` variants shrink for tests.
+are the paper's sizes (MODEL.md), which the `*_test` variants (`model.variants`) shrink for tests.
 """
 
 from __future__ import annotations

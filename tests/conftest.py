@@ -14,17 +14,21 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What a tracking store left at its defaults writes into the working directory: the project's
+# SQLite store and its artifacts, and MLflow's own ./mlruns (an experiment made without an
+# artifact location).
+DEFAULT_STORE_FILES = ("mlflow.db", "mlartifacts", "mlruns")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean() -> Iterator[None]:
-    """No test leaves MLflow's default artifact folder, ./mlruns, in the checkout: an experiment
-    made without an artifact location puts its runs' files there."""
-    path = Path(REPO_ROOT) / "mlruns"
-    existed = path.exists()
+    """No test leaves an MLflow store in the checkout: each uses the session's store
+    (`mlflow_uri`) or its own, and makes experiments with jobs.store.ensure_experiment."""
+    paths = [Path(REPO_ROOT) / name for name in DEFAULT_STORE_FILES]
+    existed = {path for path in paths if path.exists()}
     yield
-    assert existed or not path.exists(), (
-        f"a test wrote {path}: make its experiment with jobs.store.ensure_experiment (artifacts "
-        "beside the store)"
-    )
+    written = [str(path) for path in paths if path.exists() and path not in existed]
+    assert not written, f"tests wrote {written}: give them the mlflow_uri fixture"
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ def make_images(name: str, count: int, seed: int) -> list[dict[str, Any]]:
 def run_worker(data_file: str, image: str, model_label: str, batch: int, args: Any) -> dict:
     import torch
 
-    from model.registry import create_model  # torch: in the worker only, as above
+    from model.variants import create_model  # torch: in the worker only, as above
 
     torch.set_num_threads(args.threads)
     rows = pickle.loads(Path(data_file).read_bytes())[:batch]

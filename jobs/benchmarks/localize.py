@@ -27,8 +27,8 @@ from jobs.common import parse_key_values
 from jobs.core.pictures import class_name, glimpse_picture
 from jobs.training.recipes import SMALL_RESNET, DataSpec, TrainConfig, build_model, make_recipe
 from model.interface import Batch
-from model.registry import create_model
 from model.step import BoxCurriculum, centred_hit_rate, eval_step, hit_rate, train_step
+from model.variants import create_model
 from pipelines.digits import load_digits, split_digits
 from pipelines.synthetic import (
     ClutteredMnistConfig,

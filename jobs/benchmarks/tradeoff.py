@@ -65,7 +65,7 @@ from jobs.core.data import open_dataset
 from jobs.store import client as store_client
 from jobs.training.recipes import make_recipe
 from jobs.training.tracking import RUN_NAME_TAG
-from model.registry import config_type
+from model.variants import config_type
 from pipelines.schema import Manifest
 
 

@@ -235,8 +235,9 @@ class Outcome:
         return "\n".join([*lines, verdict])
 
 
-def evaluate(model: ModelRef, dataset: str, split: str, batch_size: int) -> Evaluation:
-    """Evaluate a version now (logged to the evaluations experiment)."""
+def fresh_evaluation(model: ModelRef, dataset: str, split: str, batch_size: int) -> Evaluation:
+    """A version evaluated now (logged to the evaluations experiment, where
+    `recorded_evaluation` finds it later)."""
     # Imported here: jobs.core imports torch (~2 s), which a refused or --reuse-evaluations
     # promotion never needs.
     from jobs.core.assess import assess
@@ -291,7 +292,7 @@ def _evaluations(
     if request.reuse_evaluations:
         sha = None
         if request.dataset is not None:
-            # Imported here, as `evaluate` above: torch, which a rollback never needs.
+            # Imported here, as in `fresh_evaluation` above: torch, which a rollback never needs.
             from jobs.core.data import open_dataset
 
             sha = open_dataset(request.dataset).manifest.sha256()
@@ -299,7 +300,7 @@ def _evaluations(
     else:
         assert request.dataset is not None  # checked by PromotionRequest
         found = [
-            evaluate(m, request.dataset, request.split, request.batch_size)
+            fresh_evaluation(m, request.dataset, request.split, request.batch_size)
             for m in (candidate, champion)
             if m
         ]

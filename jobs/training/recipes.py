@@ -16,7 +16,7 @@ from typing import Any
 
 from model.interface import BatchClassifier
 from model.loss import ObjectiveConfig
-from model.registry import config_type, create_model, current_settings, variant_settings
+from model.variants import config_type, create_model, current_settings, variant_settings
 from pipelines.schema import Manifest
 
 
@@ -58,8 +58,8 @@ class TrainConfig:
     """One training run: data, model, objective, optimiser, scale and bookkeeping."""
 
     dataset: str  # a published dataset version URL: <root>/<version> (local or s3://)
-    model: str  # a name from model.registry.list_models()
-    # settings of the model's config dataclass (model.registry.config_type(model)), each of its
+    model: str  # a name from model.variants.list_models()
+    # settings of the model's config dataclass (model.variants.config_type(model)), each of its
     # field's type; the dataset supplies the rest (classes, channels: `model_settings`)
     model_cfg: dict[str, Any] = field(default_factory=dict)
     # the loss: the bound's kind and weights, and the training-only terms that are not the
@@ -630,13 +630,14 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "quickstart_cpu_resize224": _baseline(
         "resnet18_resize224", quickstart_cpu, SMALL_RESNET, epochs=3
     ),
-    # 2×2 patches of 350 px; every pixel reads 600 images, about the saccader's training time
+    # 2×2 patches of 350 px; every pixel reads 600 images, what fits beside the others' training
+    # time (BENCHMARKS.md, "Quickstart", was measured so)
     "quickstart_cpu_patches": _baseline(
         "resnet18_patches",
         quickstart_cpu,
         {**CPU_PATCHES, "patch_size": 350},
         epochs=1,
-        train_images=200,
+        train_images=600,
     ),
     "quickstart_cpu_proxy_only": _baseline(
         "proxy_only", quickstart_cpu, {**SMALL_RESNET, "proxy_size": 70}, epochs=3

@@ -104,7 +104,7 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
         # validation is read by each worker from its share of the files (loop._validate)
         datasets={"train": _train_split(version, cfg)},
         # Validation runs whole on rank 0; only the training split is sharded.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered()),
         run_config=RunConfig(
             name=request.name,
             storage_path=_absolute(request.storage),
@@ -112,6 +112,16 @@ def _trainer(request: TrainRequest, version: DatasetVersion, run_id: str, progre
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def _ordered() -> Any:
+    """Ray Data's ingest options with the blocks in order (by default they come as their read
+    tasks finish, so two runs of one seed would train on different batches)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def _train_split(version: DatasetVersion, cfg: TrainConfig) -> Any:

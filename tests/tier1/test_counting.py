@@ -12,8 +12,8 @@ from jobs.benchmarks._tradeoff import evaluated, format_table, tradeoff_row
 from jobs.core.evaluation import EvalResult
 from model.interface import Batch
 from model.loss import ObjectiveConfig, count_targets
-from model.registry import create_model
 from model.step import object_coverage
+from model.variants import create_model
 from pipelines.inputs import check_fractions, hash_split
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jobs.training.recipes import DataSpec, build_model, make_recipe
 from model.interface import Batch
 from model.loss import ObjectiveConfig, glimpse_log_likelihood
-from model.registry import create_model
+from model.variants import create_model
 from pipelines.synthetic import cluttered_class_names, cluttered_part_classes, pair_label
 
 

@@ -19,8 +19,8 @@ from manifest_support import manifest
 from jobs.core.data import run_on_intact_rows
 from jobs.core.evaluation import evaluate_tables
 from jobs.training.recipes import make_recipe
-from model.registry import create_model
 from model.step import train_step
+from model.variants import create_model
 from pipelines.build import _data_digests, write_shard
 from pipelines.digits import load_digits, split_digits
 from pipelines.integrity import (

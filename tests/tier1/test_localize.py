@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from model.glimpse import centre_to_boxes, centred_boxes
 from model.interface import Batch
 from model.loss import ObjectiveConfig
-from model.registry import create_model
 from model.step import centred_hit_rate, eval_step, hit_rate, train_step
+from model.variants import create_model
 
 SIDE, SQUARE, PROXY = 48, 8, 12
 

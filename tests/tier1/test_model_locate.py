@@ -12,9 +12,9 @@ from jobs.training.recipes import make_recipe
 from model.interface import Batch
 from model.layers import SmallResNet
 from model.loss import ObjectiveConfig, glimpse_log_likelihood, location_nll, object_targets
-from model.registry import create_model
 from model.saccader import dilate_cells
 from model.step import hit_rate
+from model.variants import create_model
 
 
 def _box(cy: float, cx: float, half: float = 0.02) -> list[float]:

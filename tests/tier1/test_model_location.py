@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from model.interface import Batch
 from model.loss import score_function_term
-from model.registry import create_model
+from model.variants import create_model
 
 SIDE, PROXY = 32, 8
 

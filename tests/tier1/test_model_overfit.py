@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from model.interface import Batch
 from model.loss import ObjectiveConfig
-from model.registry import create_model
 from model.step import eval_step, train_step
+from model.variants import create_model
 
 IMAGES, SIDE, CLASSES, MAX_STEPS = 64, 32, 4, 300
 

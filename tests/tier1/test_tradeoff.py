@@ -11,7 +11,7 @@ from cli_support import assert_clear_failure, run_job
 from jobs.benchmarks._common import infer_stored, time_inference
 from jobs.benchmarks._tradeoff import ROW_FIELDS, tradeoff_row, union_area
 from jobs.benchmarks.tradeoff import State, _tags, plan_models
-from model.registry import create_model
+from model.variants import create_model
 from pipelines.region import TiledImage
 from pipelines.tiling import encode_proxy, make_proxy
 

@@ -209,8 +209,8 @@ def test_unknown_model_setting_cli(tmp_path: Path) -> None:
 
 
 def test_box_curriculum_shrinks_training_boxes_and_leaves_the_config() -> None:
-    from model.registry import create_model
     from model.step import BoxCurriculum
+    from model.variants import create_model
 
     model = create_model(
         "saccader_test",

@@ -13,8 +13,8 @@ import torch
 from model.config import PatchesConfig, SaccaderConfig
 from model.interface import Batch
 from model.loss import ObjectiveConfig
-from model.registry import create_model, list_models, model_config
 from model.step import LossModule, eval_step, train_step
+from model.variants import create_model, list_models, model_config
 from pipelines.region import TiledImage, TileRegionReader
 
 CLASSES, CHANNELS = 5, 3
