@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +56,7 @@ def _rows(n: int, split: str = "train") -> pa.Table:
     return with_digests(_staging_rows(n, split)).select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small ops run fastest on one thread, and a busy 2-core machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _replace(table: pa.Table, index: int, **columns: object) -> pa.Table:

@@ -7,8 +7,6 @@ A short run must move the inference boxes onto the square, far above a centred b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,12 +20,7 @@ from model.variants import create_model
 SIDE, SQUARE, PROXY = 48, 8, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stripes_batch(n: int, seed: int) -> Batch:

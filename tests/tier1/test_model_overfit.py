@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,13 +15,7 @@ from model.variants import create_model
 IMAGES, SIDE, CLASSES, MAX_STEPS = 64, 32, 4, 300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny ops run fastest on one thread, and a busy 2-core machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quadrant_batch(seed: int) -> Batch:

@@ -4,7 +4,6 @@ evaluation — and the registry's and configs' validation."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,13 +19,7 @@ from pipelines.region import TiledImage, TileRegionReader
 CLASSES, CHANNELS = 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small ops run fastest on one thread, and a busy 2-core machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(B: int = 2, H: int = 70, W: int = 50, *, seed: int = 0) -> Batch:
